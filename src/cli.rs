@@ -1,0 +1,171 @@
+//! The command line: `friday serve` and its flags.
+//!
+//! Flags override the config file, which overrides the built-in defaults. Every flag's help
+//! names its default; a test keeps those texts in step with the constants in [`crate::config`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+/// friday: a thread-per-core KServe v2 inference server.
+#[derive(Debug, Parser)]
+#[command(name = "friday", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the KServe v2 protocol over HTTP/1.1, one pinned shard per CPU.
+    Serve(ServeArgs),
+}
+
+/// `friday serve` flags. Unset flags fall back to the config file, then to the defaults.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in the README's config table) [default: none, built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// IP address to listen on [default: 0.0.0.0]
+    #[arg(long, value_name = "ADDR")]
+    pub http_address: Option<String>,
+    /// TCP port to listen on; 0 picks a free port [default: 8000]
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// Number of shards, on the first CPUs of the affinity mask [default: one per CPU in the mask]
+    #[arg(long, value_name = "N", conflicts_with = "cpus")]
+    pub shards: Option<usize>,
+    /// CPUs to run one shard each on, e.g. 0,2-3 [default: every CPU in the affinity mask]
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Model repository directory [default: none, the built-in models identity and simple]
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Validate the configuration, print it, and exit (0 if valid, 2 if not)
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with these flags applied, validated.
+    pub fn config(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(a) = &self.http_address {
+            config.http.address = a.clone();
+        }
+        if let Some(p) = self.http_port {
+            config.http.port = p;
+        }
+        // One flag replaces whatever the file said about shards.
+        if let Some(n) = self.shards {
+            config.shards.count = Some(n);
+            config.shards.cpus = None;
+        }
+        if let Some(c) = &self.cpus {
+            config.shards.cpus = Some(c.clone());
+            config.shards.count = None;
+        }
+        if let Some(r) = &self.model_repository {
+            config.model_repository = Some(r.clone());
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("friday: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("# configuration OK\n{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    crate::telemetry::init(&config.log);
+    match crate::runtime::serve(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("friday: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DEFAULT_HTTP_ADDRESS, DEFAULT_HTTP_PORT};
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_names_the_real_defaults() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_help().to_string();
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_HTTP_PORT}]")),
+            "{help}"
+        );
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_HTTP_ADDRESS}]")),
+            "{help}"
+        );
+        assert!(help.contains("--check-config"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("friday-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[http]\nport = 9000\n[shards]\ncpus = \"0\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            shards: Some(1),
+            ..ServeArgs::default()
+        };
+        let c = args.config().unwrap();
+        assert_eq!(c.http.port, 9000);
+        assert_eq!(c.shards.count, Some(1));
+        assert_eq!(c.shards.cpus, None);
+        let args = ServeArgs {
+            config: Some(file),
+            http_port: Some(1234),
+            ..ServeArgs::default()
+        };
+        assert_eq!(args.config().unwrap().http.port, 1234);
+    }
+
+    #[test]
+    fn conflicting_flags_are_refused() {
+        assert!(Cli::try_parse_from(["friday", "serve", "--shards", "1", "--cpus", "0"]).is_err());
+    }
+}

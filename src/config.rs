@@ -1,0 +1,389 @@
+//! The one configuration tree.
+//!
+//! Pipeline: TOML file (optional) → serde into [`Config`] (unknown keys are errors: a typo in a
+//! tuning knob must fail loudly) → CLI overrides ([`crate::cli`]) → [`Config::validate`], which
+//! names the key and the fix. Every default is a named constant with its unit in the name. The
+//! validated config is passed by reference; nothing deeper reads the environment.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Address the HTTP listener binds: all IPv4 addresses, like Triton.
+pub const DEFAULT_HTTP_ADDRESS: &str = "0.0.0.0";
+/// Port of the HTTP listener (Triton's HTTP port).
+pub const DEFAULT_HTTP_PORT: u16 = 8000;
+/// Largest request body accepted (64 MiB); larger bodies get 413.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// Largest request head (request line plus headers) accepted (16 KiB); larger heads get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 << 10;
+/// Most open connections one shard keeps; beyond it new connections get 503 and are closed.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 4096;
+/// Time a client has from the first byte of a request head to its last (10 s).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Time a connection may sit idle between requests, or stall mid-body, before it is closed (60 s).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Listen backlog of each shard's socket.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+/// How long a drain (SIGTERM) waits for in-flight requests before the process exits anyway (30 s,
+/// Triton's `--exit-timeout-secs`).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// SIGINT drains like SIGTERM but waits at most this long (5 s): an operator at a terminal.
+pub const SIGINT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// friday's whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP/1.1 front end.
+    pub http: HttpConfig,
+    /// Which CPUs run shards.
+    pub shards: ShardsConfig,
+    /// A model repository directory; unset serves the built-in models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_repository: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Graceful drain on SIGTERM / SIGINT.
+    pub drain: DrainConfig,
+}
+
+/// `[http]`: the HTTP/1.1 front end.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// IP address to bind.
+    pub address: String,
+    /// TCP port to bind; 0 picks a free port (logged at startup).
+    pub port: u16,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+    /// Most open connections per shard.
+    pub max_connections_per_shard: usize,
+    /// Milliseconds allowed to receive a request head.
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a connection may idle (or stall mid-body) before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Listen backlog per shard.
+    pub listen_backlog: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: DEFAULT_HTTP_ADDRESS.to_string(),
+            port: DEFAULT_HTTP_PORT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections_per_shard: DEFAULT_MAX_CONNECTIONS_PER_SHARD,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::header_read_timeout_ms`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// [`HttpConfig::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// `[shards]`: one shard per CPU. Set at most one of `count` and `cpus`; neither means one shard
+/// per CPU in the process's affinity mask.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// Number of shards, on the first CPUs of the affinity mask.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Explicit CPU list, e.g. `"0,2-3"`: one shard per CPU listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `friday=debug` (`RUST_LOG` overrides it).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// `[drain]`: graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Milliseconds to wait for in-flight requests after SIGTERM before exiting anyway.
+    pub timeout_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A config value that cannot work, with the key that holds it and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending key, as written in the TOML file (`http.port`).
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file. Unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Parses TOML text. Unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
+        if http.address.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "http.address",
+                format!(
+                    "`{}` is not an IP address: use e.g. 0.0.0.0 (all IPv4), :: (all IPv6) or 127.0.0.1",
+                    http.address
+                ),
+            ));
+        }
+        if http.max_body_bytes == 0 {
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be at least 1: set it to the largest request body to accept (default 64 MiB)",
+            ));
+        }
+        if http.max_body_bytes > (u32::MAX as usize) {
+            return Err(invalid(
+                "http.max_body_bytes",
+                format!(
+                    "{} is above the 4 GiB ceiling: lower it",
+                    http.max_body_bytes
+                ),
+            ));
+        }
+        if http.max_header_bytes < 1024 || http.max_header_bytes > (1 << 20) {
+            return Err(invalid(
+                "http.max_header_bytes",
+                format!(
+                    "{} is outside 1 KiB..=1 MiB: the default is {DEFAULT_MAX_HEADER_BYTES}",
+                    http.max_header_bytes
+                ),
+            ));
+        }
+        if http.max_connections_per_shard == 0 {
+            return Err(invalid(
+                "http.max_connections_per_shard",
+                "must be at least 1",
+            ));
+        }
+        if http.header_read_timeout_ms == 0 {
+            return Err(invalid(
+                "http.header_read_timeout_ms",
+                "must be at least 1 ms",
+            ));
+        }
+        if http.idle_timeout_ms == 0 {
+            return Err(invalid("http.idle_timeout_ms", "must be at least 1 ms"));
+        }
+        if http.listen_backlog == 0 {
+            return Err(invalid("http.listen_backlog", "must be at least 1"));
+        }
+        match (&self.shards.count, &self.shards.cpus) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "shards",
+                    "set either shards.count or shards.cpus, not both",
+                ))
+            }
+            (Some(0), None) => return Err(invalid("shards.count", "must be at least 1")),
+            (None, Some(list)) => {
+                crate::topology::parse_cpu_list(list)
+                    .map_err(|e| invalid("shards.cpus", format!("{e}: write e.g. \"0,2-3\"")))?;
+            }
+            _ => {}
+        }
+        if let Some(repo) = &self.model_repository {
+            if !repo.is_dir() {
+                return Err(invalid(
+                    "model_repository",
+                    format!(
+                        "{} is not a directory: point it at a model repository or leave it unset \
+                         to serve the built-in models",
+                        repo.display()
+                    ),
+                ));
+            }
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty: use e.g. info"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!(
+                    "`{}` is not a tracing filter ({e}): use e.g. info or friday=debug",
+                    self.log.level
+                ),
+            )
+        })?;
+        if self.drain.timeout_ms == 0 {
+            return Err(invalid("drain.timeout_ms", "must be at least 1 ms"));
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, as `--check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .expect("the config tree serializes: it holds only plain values")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let c = Config::from_toml(
+            r#"
+            [http]
+            address = "127.0.0.1"
+            port = 9000
+            max_body_bytes = 1024
+            [shards]
+            cpus = "0-1"
+            [log]
+            format = "json"
+            [drain]
+            timeout_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http.port, 9000);
+        assert_eq!(c.http.max_body_bytes, 1024);
+        assert_eq!(c.http.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(c.shards.cpus.as_deref(), Some("0-1"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml("[http]\nprot = 1\n").unwrap_err();
+        assert!(e.contains("prot"), "{e}");
+        let e = Config::from_toml("htp = 1\n").unwrap_err();
+        assert!(e.contains("htp"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let mut c = Config::default();
+        c.http.address = "localhost:80".into();
+        assert_eq!(c.validate().unwrap_err().key, "http.address");
+
+        let mut c = Config::default();
+        c.shards.count = Some(2);
+        c.shards.cpus = Some("0".into());
+        assert_eq!(c.validate().unwrap_err().key, "shards");
+
+        let mut c = Config::default();
+        c.shards.cpus = Some("0-".into());
+        assert_eq!(c.validate().unwrap_err().key, "shards.cpus");
+
+        let mut c = Config::default();
+        c.http.max_body_bytes = 0;
+        assert_eq!(c.validate().unwrap_err().key, "http.max_body_bytes");
+
+        let c = Config {
+            model_repository: Some("/definitely/not/here".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "model_repository");
+
+        let mut c = Config::default();
+        c.log.level = "info,[".into();
+        assert_eq!(c.validate().unwrap_err().key, "log.level");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::default();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+}

@@ -1,0 +1,248 @@
+//! Response encoding straight into the connection's output buffer.
+//!
+//! A body is built in the connection's scratch buffer (so its length is known), then the head and
+//! the body are appended to the output buffer, followed by any binary tensor tails, which are
+//! copied once from wherever the model left them. Nothing here allocates once the buffers have
+//! grown to their working size.
+
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorKind};
+
+/// The interim response sent for `Expect: 100-continue`.
+pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The reason phrase for the statuses friday sends.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// `Content-Type` of JSON bodies.
+pub const JSON: &str = "application/json";
+/// `Content-Type` of binary tensor bodies.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Seconds a client is told to wait after a 429 or 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// Writes one response per call into the connection's output buffer.
+pub struct Responder<'b> {
+    out: &'b mut Vec<u8>,
+    scratch: &'b mut Vec<u8>,
+    date: &'b [u8],
+    keep_alive: bool,
+    head_only: bool,
+}
+
+impl<'b> Responder<'b> {
+    /// A responder appending to `out`, building bodies in `scratch`. `date` is the preformatted
+    /// `Date` header value; `head_only` answers a HEAD request (same headers, no body).
+    pub fn new(
+        out: &'b mut Vec<u8>,
+        scratch: &'b mut Vec<u8>,
+        date: &'b [u8],
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Self {
+        scratch.clear();
+        Responder {
+            out,
+            scratch,
+            date,
+            keep_alive,
+            head_only,
+        }
+    }
+
+    /// Whether the response says the connection stays open.
+    pub fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// Makes the response close the connection (`Connection: close`).
+    pub fn close_connection(&mut self) {
+        self.keep_alive = false;
+    }
+
+    /// The scratch buffer, cleared, for building a body in (see [`Responder::send_scratch`]).
+    pub fn scratch(&mut self) -> &mut Vec<u8> {
+        self.scratch.clear();
+        self.scratch
+    }
+
+    /// Sends a JSON body.
+    pub fn json<T: Serialize + ?Sized>(&mut self, status: u16, value: &T) {
+        self.scratch.clear();
+        serde_json::to_writer(&mut *self.scratch, value)
+            .expect("serializing to a Vec cannot fail for friday's plain response types");
+        self.send_scratch(status, &[]);
+    }
+
+    /// Sends a ready-made body.
+    pub fn bytes(&mut self, status: u16, content_type: &str, body: &[u8]) {
+        self.head(status, content_type, body.len(), None);
+        if !self.head_only {
+            self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Sends `{"error": message}` with the status its kind maps to.
+    pub fn error(&mut self, err: &ApiError) {
+        #[derive(Serialize)]
+        struct Body<'m> {
+            error: &'m str,
+        }
+        self.json(
+            err.status(),
+            &Body {
+                error: &err.message,
+            },
+        );
+    }
+
+    /// Sends the scratch buffer as the body. Without `tails` it is a JSON body; with them, the
+    /// scratch holds the JSON header of a binary tensor body, `tails` (binary tensor data) follow
+    /// it, and `Inference-Header-Content-Length` says where the JSON ends.
+    pub fn send_scratch(&mut self, status: u16, tails: &[&[u8]]) {
+        let len = self.scratch.len() + tails.iter().map(|t| t.len()).sum::<usize>();
+        if tails.is_empty() {
+            self.head(status, JSON, len, None);
+        } else {
+            self.head(status, OCTET_STREAM, len, Some(self.scratch.len()));
+        }
+        if self.head_only {
+            return;
+        }
+        self.out.extend_from_slice(self.scratch);
+        for t in tails {
+            self.out.extend_from_slice(t);
+        }
+    }
+
+    fn head(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        content_length: usize,
+        inference_header: Option<usize>,
+    ) {
+        let mut num = itoa::Buffer::new();
+        let out = &mut *self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(num.format(status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.extend_from_slice(b"\r\nDate: ");
+        out.extend_from_slice(self.date);
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(num.format(content_length).as_bytes());
+        if let Some(n) = inference_header {
+            out.extend_from_slice(b"\r\nInference-Header-Content-Length: ");
+            out.extend_from_slice(num.format(n).as_bytes());
+        }
+        if status == ErrorKind::Overloaded.status() || status == ErrorKind::Unavailable.status() {
+            out.extend_from_slice(b"\r\nRetry-After: ");
+            out.extend_from_slice(num.format(RETRY_AFTER_SECS).as_bytes());
+        }
+        if status == ErrorKind::MethodNotAllowed.status() {
+            out.extend_from_slice(b"\r\nAllow: GET, HEAD, POST");
+        }
+        if !self.keep_alive {
+            out.extend_from_slice(b"\r\nConnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut headers);
+        let n = match r.parse(bytes).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        let hs = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        (r.code.unwrap(), hs, bytes[n..].to_vec())
+    }
+
+    #[test]
+    fn json_response_is_well_formed() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mut r = Responder::new(
+            &mut out,
+            &mut scratch,
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
+            true,
+            false,
+        );
+        r.json(200, &serde_json::json!({"ready": true}));
+        let (status, headers, body) = parse(&out);
+        assert_eq!(status, 200);
+        assert!(headers.contains(&("content-length".into(), body.len().to_string())));
+        assert!(headers.contains(&("content-type".into(), JSON.into())));
+        assert!(!headers.iter().any(|(k, _)| k == "connection"));
+        assert_eq!(body, br#"{"ready":true}"#);
+    }
+
+    #[test]
+    fn errors_carry_status_retry_after_and_close() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", false, false);
+        r.error(&ApiError::unavailable("draining"));
+        let (status, headers, body) = parse(&out);
+        assert_eq!(status, 503);
+        assert!(headers.contains(&("retry-after".into(), "1".into())));
+        assert!(headers.contains(&("connection".into(), "close".into())));
+        assert_eq!(body, br#"{"error":"draining"}"#);
+    }
+
+    #[test]
+    fn binary_tails_follow_the_json_header() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", true, false);
+        r.scratch().extend_from_slice(b"{}");
+        r.send_scratch(200, &[b"abc", b"de"]);
+        let (_, headers, body) = parse(&out);
+        assert!(headers.contains(&("inference-header-content-length".into(), "2".into())));
+        assert!(headers.contains(&("content-type".into(), OCTET_STREAM.into())));
+        assert!(headers.contains(&("content-length".into(), "7".into())));
+        assert_eq!(body, b"{}abcde");
+    }
+
+    #[test]
+    fn head_requests_get_no_body() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", true, true);
+        r.bytes(200, JSON, b"{\"live\":true}");
+        let (_, headers, body) = parse(&out);
+        assert!(headers.contains(&("content-length".into(), "13".into())));
+        assert!(body.is_empty());
+    }
+}

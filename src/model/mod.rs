@@ -1,0 +1,91 @@
+//! Models: the [`Model`] trait every backend implements, the built-in models, and the
+//! [`ModelRegistry`] of what this server serves.
+//!
+//! A model is loaded once and shared read-only by every shard (`Arc<dyn Model>`, called with
+//! `&self`). It sees inputs that the protocol layer has already checked against its
+//! [`ModelMetadata`] (names, datatypes, shapes, batch size), in metadata order, and returns its
+//! outputs in metadata order. A model must never panic on checked inputs and never block on I/O.
+
+mod identity;
+mod registry;
+mod simple;
+
+use smallvec::SmallVec;
+
+pub use identity::Identity;
+pub use registry::{ModelEntry, ModelRegistry};
+pub use simple::Simple;
+
+use crate::tensor::{DataType, Tensor};
+
+/// One input or output as the model declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Tensor name (`INPUT0`).
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Dimensions without the batch dimension; -1 means any size.
+    pub dims: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// A spec with `name`, `datatype` and `dims`.
+    pub fn new(name: &str, datatype: DataType, dims: &[i64]) -> Self {
+        TensorSpec {
+            name: name.to_string(),
+            datatype,
+            dims: dims.to_vec(),
+        }
+    }
+}
+
+/// What a model declares about itself: the basis of metadata, config and input validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMetadata {
+    /// Model name, as in the URL.
+    pub name: String,
+    /// KServe platform string (`<project>_<format>`).
+    pub platform: String,
+    /// Triton's backend name, reported in the model configuration.
+    pub backend: String,
+    /// Largest batch (first dimension) one request may carry; 0 means the model takes no batch
+    /// dimension.
+    pub max_batch_size: usize,
+    /// Inputs, in the order [`Model::infer`] receives them.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, in the order [`Model::infer`] returns them.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// The outputs of one inference, in metadata order. Two inline covers the built-in models.
+pub type Outputs<'a> = SmallVec<[Tensor<'a>; 2]>;
+
+/// A model failed to run on valid inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelError(pub String);
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An inference model. Implemented by the built-in models and, later, by the ONNX backends.
+pub trait Model: Send + Sync + 'static {
+    /// What the model takes and returns.
+    fn metadata(&self) -> &ModelMetadata;
+
+    /// Runs one batch. `inputs` match [`Model::metadata`] (order, datatypes, shapes and, for
+    /// batched models, one shared batch size in `1..=max_batch_size`). Outputs may borrow from the
+    /// inputs.
+    fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError>;
+}
+
+/// Reads a little-endian `i32` tensor (the data may be unaligned: it can sit anywhere in a read
+/// buffer).
+pub(crate) fn i32_values<'t>(t: &'t Tensor<'_>) -> impl Iterator<Item = i32> + 't {
+    t.data
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().expect("chunks_exact yields 4 bytes")))
+}

@@ -1,0 +1,349 @@
+//! Tensor data as JSON, both ways.
+//!
+//! Decoding walks the `data` value once with a serde visitor, accepting nested arrays (in the
+//! tensor's shape) or a flat array, and writes each element straight into the binary layout, so a
+//! JSON request ends up in the same representation as a binary one. Every element is checked
+//! against the datatype: integers must fit, BOOL takes `true`/`false`, BYTES takes strings, and
+//! FP16/BF16 are accepted from JSON numbers (Triton refuses them; converting is friendlier).
+//! Encoding writes a flat array, as Triton does.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::{Error as _, SerializeSeq};
+use serde::{Serialize, Serializer};
+
+use crate::tensor::{bytes_elements, DataType};
+
+/// Decodes a JSON `data` value of `datatype` into the binary layout, appending to `out`.
+/// Returns the number of elements.
+pub fn decode_json_data(datatype: DataType, raw: &str, out: &mut Vec<u8>) -> Result<usize, String> {
+    let mut count = 0usize;
+    let mut de = serde_json::Deserializer::from_str(raw);
+    DataSeed {
+        datatype,
+        out,
+        count: &mut count,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| strip_position(e.to_string()))?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(count)
+}
+
+/// serde_json appends "at line 1 column N" (of the `data` value alone), which only confuses.
+fn strip_position(message: String) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    }
+}
+
+struct DataSeed<'o> {
+    datatype: DataType,
+    out: &'o mut Vec<u8>,
+    count: &'o mut usize,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl DataSeed<'_> {
+    fn push<E: de::Error>(self, r: Result<(), String>) -> Result<(), E> {
+        r.map_err(E::custom)?;
+        *self.count += 1;
+        Ok(())
+    }
+
+    fn reborrow(&mut self) -> DataSeed<'_> {
+        DataSeed {
+            datatype: self.datatype,
+            out: self.out,
+            count: self.count,
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} elements (nested or flat arrays)",
+            self.datatype.name()
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self.reborrow())?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        let r = match self.datatype {
+            DataType::Bool => {
+                self.out.push(v as u8);
+                Ok(())
+            }
+            d => Err(format!("expected {} element, got boolean {v}", d.name())),
+        };
+        self.push(r)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        let r = push_integer(self.datatype, v as i128, self.out);
+        self.push(r)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        let r = push_integer(self.datatype, v as i128, self.out);
+        self.push(r)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        let r = push_float(self.datatype, v, self.out);
+        self.push(r)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        let r = match self.datatype {
+            DataType::Bytes => match u32::try_from(v.len()) {
+                Ok(len) => {
+                    self.out.extend_from_slice(&len.to_le_bytes());
+                    self.out.extend_from_slice(v.as_bytes());
+                    Ok(())
+                }
+                Err(_) => Err("BYTES element longer than 4 GiB".to_string()),
+            },
+            d => Err(format!("expected {} element, got string", d.name())),
+        };
+        self.push(r)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format!(
+            "expected {} element, got null",
+            self.datatype.name()
+        )))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(format!(
+            "expected {} element, got an object",
+            self.datatype.name()
+        )))
+    }
+}
+
+fn push_integer(datatype: DataType, v: i128, out: &mut Vec<u8>) -> Result<(), String> {
+    fn fit<T: TryFrom<i128>>(v: i128, d: DataType) -> Result<T, String> {
+        T::try_from(v).map_err(|_| format!("value {v} is out of range for {}", d.name()))
+    }
+    match datatype {
+        DataType::Uint8 => out.push(fit::<u8>(v, datatype)?),
+        DataType::Uint16 => out.extend_from_slice(&fit::<u16>(v, datatype)?.to_le_bytes()),
+        DataType::Uint32 => out.extend_from_slice(&fit::<u32>(v, datatype)?.to_le_bytes()),
+        DataType::Uint64 => out.extend_from_slice(&fit::<u64>(v, datatype)?.to_le_bytes()),
+        DataType::Int8 => out.extend_from_slice(&fit::<i8>(v, datatype)?.to_le_bytes()),
+        DataType::Int16 => out.extend_from_slice(&fit::<i16>(v, datatype)?.to_le_bytes()),
+        DataType::Int32 => out.extend_from_slice(&fit::<i32>(v, datatype)?.to_le_bytes()),
+        DataType::Int64 => out.extend_from_slice(&fit::<i64>(v, datatype)?.to_le_bytes()),
+        DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => {
+            return push_float(datatype, v as f64, out)
+        }
+        DataType::Bool => return Err(format!("expected BOOL element, got number {v}")),
+        DataType::Bytes => {
+            return Err(format!("expected BYTES element (a string), got number {v}"))
+        }
+    }
+    Ok(())
+}
+
+fn push_float(datatype: DataType, v: f64, out: &mut Vec<u8>) -> Result<(), String> {
+    match datatype {
+        DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+        DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+        DataType::Fp32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+        DataType::Fp64 => out.extend_from_slice(&v.to_le_bytes()),
+        d => {
+            return Err(format!(
+                "expected {} element, got non-integer number {v}",
+                d.name()
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Serializes binary-layout data of `datatype` as a flat JSON array.
+pub struct JsonData<'t> {
+    /// Element type.
+    pub datatype: DataType,
+    /// Binary-layout bytes.
+    pub data: &'t [u8],
+}
+
+macro_rules! serialize_le {
+    ($seq:ident, $data:expr, $ty:ty, $n:literal) => {
+        for c in $data.chunks_exact($n) {
+            $seq.serialize_element(&<$ty>::from_le_bytes(c.try_into().expect("chunks_exact")))?;
+        }
+    };
+}
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        let data = self.data;
+        match self.datatype {
+            DataType::Bool => {
+                for &b in data {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => serialize_le!(seq, data, u8, 1),
+            DataType::Uint16 => serialize_le!(seq, data, u16, 2),
+            DataType::Uint32 => serialize_le!(seq, data, u32, 4),
+            DataType::Uint64 => serialize_le!(seq, data, u64, 8),
+            DataType::Int8 => serialize_le!(seq, data, i8, 1),
+            DataType::Int16 => serialize_le!(seq, data, i16, 2),
+            DataType::Int32 => serialize_le!(seq, data, i32, 4),
+            DataType::Int64 => serialize_le!(seq, data, i64, 8),
+            DataType::Fp32 => serialize_le!(seq, data, f32, 4),
+            DataType::Fp64 => serialize_le!(seq, data, f64, 8),
+            DataType::Fp16 => {
+                for c in data.chunks_exact(2) {
+                    let v = half::f16::from_le_bytes([c[0], c[1]]);
+                    seq.serialize_element(&v.to_f32())?;
+                }
+            }
+            DataType::Bf16 => {
+                for c in data.chunks_exact(2) {
+                    let v = half::bf16::from_le_bytes([c[0], c[1]]);
+                    seq.serialize_element(&v.to_f32())?;
+                }
+            }
+            DataType::Bytes => {
+                for element in bytes_elements(data) {
+                    let element =
+                        element.map_err(|_| S::Error::custom("malformed BYTES output"))?;
+                    let text = std::str::from_utf8(element).map_err(|_| {
+                        S::Error::custom(
+                            "a BYTES output element is not UTF-8, so it cannot be JSON: \
+                             request the output with binary_data",
+                        )
+                    })?;
+                    seq.serialize_element(text)?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(d: DataType, json: &str) -> Result<(usize, Vec<u8>), String> {
+        let mut out = Vec::new();
+        decode_json_data(d, json, &mut out).map(|n| (n, out))
+    }
+
+    fn encode(d: DataType, data: &[u8]) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&JsonData { datatype: d, data })
+    }
+
+    #[test]
+    fn nested_and_flat_arrays_agree() {
+        let (n1, a) = decode(DataType::Int32, "[[1,2],[3,4]]").unwrap();
+        let (n2, b) = decode(DataType::Int32, "[1,2,3,4]").unwrap();
+        assert_eq!((n1, n2), (4, 4));
+        assert_eq!(a, b);
+        assert_eq!(encode(DataType::Int32, &a).unwrap(), "[1,2,3,4]");
+    }
+
+    #[test]
+    fn every_datatype_round_trips() {
+        let cases = [
+            (DataType::Bool, "[true,false]"),
+            (DataType::Uint8, "[0,255]"),
+            (DataType::Uint16, "[0,65535]"),
+            (DataType::Uint32, "[0,4294967295]"),
+            (DataType::Uint64, "[0,18446744073709551615]"),
+            (DataType::Int8, "[-128,127]"),
+            (DataType::Int16, "[-32768,32767]"),
+            (DataType::Int32, "[-2147483648,2147483647]"),
+            (
+                DataType::Int64,
+                "[-9223372036854775808,9223372036854775807]",
+            ),
+            (DataType::Fp16, "[1.5,-2.0]"),
+            (DataType::Bf16, "[1.5,-2.0]"),
+            (DataType::Fp32, "[1.5,-2.25]"),
+            (DataType::Fp64, "[1.5,-2.25]"),
+            (DataType::Bytes, r#"["ab",""]"#),
+        ];
+        for (d, json) in cases {
+            let (n, bytes) = decode(d, json).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+            assert_eq!(n, 2, "{d:?}");
+            if let Some(size) = d.element_size() {
+                assert_eq!(bytes.len(), 2 * size, "{d:?}");
+            }
+            assert_eq!(encode(d, &bytes).unwrap(), json, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_elements_name_the_problem() {
+        let e = decode(DataType::Int8, "[128]").unwrap_err();
+        assert!(e.contains("out of range for INT8"), "{e}");
+        let e = decode(DataType::Int32, "[1.5]").unwrap_err();
+        assert!(e.contains("non-integer"), "{e}");
+        let e = decode(DataType::Fp32, r#"["x"]"#).unwrap_err();
+        assert!(e.contains("got string"), "{e}");
+        let e = decode(DataType::Bool, "[1]").unwrap_err();
+        assert!(e.contains("BOOL"), "{e}");
+        let e = decode(DataType::Fp32, "[null]").unwrap_err();
+        assert!(e.contains("null"), "{e}");
+        let e = decode(DataType::Fp32, r#"[{"a":1}]"#).unwrap_err();
+        assert!(e.contains("object"), "{e}");
+        assert!(decode(DataType::Uint8, "[-1]").is_err());
+        assert!(decode(DataType::Fp32, "[1,2").is_err());
+    }
+
+    #[test]
+    fn a_scalar_is_one_element() {
+        assert_eq!(decode(DataType::Fp32, "3").unwrap().0, 1);
+    }
+
+    #[test]
+    fn non_utf8_bytes_cannot_be_json() {
+        let data = [2, 0, 0, 0, 0xff, 0xfe];
+        let e = encode(DataType::Bytes, &data).unwrap_err().to_string();
+        assert!(e.contains("binary_data"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn fp32_survives_json(values in proptest::collection::vec(any::<f32>().prop_filter("finite", |v| v.is_finite()), 0..32)) {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let json = encode(DataType::Fp32, &bytes).unwrap();
+            let (n, back) = decode(DataType::Fp32, &json).unwrap();
+            prop_assert_eq!(n, values.len());
+            prop_assert_eq!(back, bytes);
+        }
+
+        #[test]
+        fn any_json_text_never_panics(text in ".{0,64}", d in 0usize..14) {
+            let _ = decode(DataType::ALL[d], &text);
+        }
+    }
+}

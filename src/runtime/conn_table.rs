@@ -1,0 +1,200 @@
+//! The shard's table of open connections: the connection limit, timeouts, and drain.
+//!
+//! Each connection task records its phase (idle between requests, reading a head, reading a
+//! body, busy answering) and since when. Instead of a timer per read, one housekeeping task
+//! sweeps the table a few times a second and shuts down the sockets that overstayed; the blocked
+//! read then returns end-of-file and the connection task ends itself. A drain shuts down the read
+//! side of idle connections the same way. The request path pays one `Cell` write per phase change.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+/// What a connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Between requests, nothing buffered.
+    Idle,
+    /// Part of a request head has arrived.
+    Head,
+    /// The head is in; the body is arriving.
+    Body,
+    /// Answering; never timed out (the model may take a while).
+    Busy,
+}
+
+/// One connection's entry.
+pub(crate) struct ConnState {
+    fd: RawFd,
+    phase: Cell<Phase>,
+    since: Cell<Instant>,
+    shut: Cell<bool>,
+}
+
+impl ConnState {
+    /// Records the phase; `at` is when it started. A head keeps its first timestamp, so trickling
+    /// bytes cannot extend the header timeout.
+    pub(crate) fn enter(&self, phase: Phase, at: Instant) {
+        if phase != Phase::Head || self.phase.get() != Phase::Head {
+            self.since.set(at);
+        }
+        self.phase.set(phase);
+    }
+}
+
+/// The connection limit and timeouts the sweeper enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From the first byte of a head to its end.
+    pub header: Duration,
+    /// Idle between requests, or no progress on a body.
+    pub idle: Duration,
+}
+
+/// Open connections of one shard.
+pub(crate) struct ConnTable {
+    slots: RefCell<Slab<Rc<ConnState>>>,
+    limit: usize,
+}
+
+/// A registered connection; dropping it removes the entry.
+pub(crate) struct ConnHandle {
+    table: Rc<ConnTable>,
+    key: usize,
+    /// The entry the connection task updates.
+    pub(crate) state: Rc<ConnState>,
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.table.slots.borrow_mut().remove(self.key);
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Connections closed for a timeout.
+    pub timed_out: usize,
+    /// Idle connections closed because the shard drains.
+    pub drained: usize,
+}
+
+impl ConnTable {
+    /// A table holding at most `limit` connections.
+    pub(crate) fn new(limit: usize) -> Rc<Self> {
+        Rc::new(ConnTable {
+            slots: RefCell::new(Slab::with_capacity(limit.min(1024))),
+            limit,
+        })
+    }
+
+    /// Registers a connection, or `None` when the shard is at its limit.
+    pub(crate) fn register(self: &Rc<Self>, fd: RawFd, now: Instant) -> Option<ConnHandle> {
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() >= self.limit {
+            return None;
+        }
+        let state = Rc::new(ConnState {
+            fd,
+            phase: Cell::new(Phase::Idle),
+            since: Cell::new(now),
+            shut: Cell::new(false),
+        });
+        let key = slots.insert(state.clone());
+        Some(ConnHandle {
+            table: self.clone(),
+            key,
+            state,
+        })
+    }
+
+    /// Open connections.
+    pub(crate) fn len(&self) -> usize {
+        self.slots.borrow().len()
+    }
+
+    /// Shuts down connections that overstayed their phase, and, when `draining`, idle ones.
+    pub(crate) fn sweep(&self, now: Instant, t: &Timeouts, draining: bool) -> Swept {
+        let mut swept = Swept::default();
+        for (_, c) in self.slots.borrow().iter() {
+            if c.shut.get() {
+                continue;
+            }
+            let age = now.saturating_duration_since(c.since.get());
+            let how = match c.phase.get() {
+                // Drain closes idle connections by their read side: a request already on its
+                // way is still read and answered (with `Connection: close`), then the connection
+                // ends.
+                Phase::Idle if draining => Some((libc::SHUT_RD, &mut swept.drained)),
+                Phase::Idle | Phase::Body if age > t.idle => {
+                    Some((libc::SHUT_RDWR, &mut swept.timed_out))
+                }
+                Phase::Head if age > t.header => Some((libc::SHUT_RDWR, &mut swept.timed_out)),
+                _ => None,
+            };
+            if let Some((how, counter)) = how {
+                // SAFETY: `fd` belongs to a connection whose task is alive: the entry is removed
+                // (ConnHandle::drop) before that task closes its socket, on this same thread.
+                unsafe { libc::shutdown(c.fd, how) };
+                c.shut.set(true);
+                *counter += 1;
+            }
+        }
+        swept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_and_removal() {
+        let t = ConnTable::new(2);
+        let now = Instant::now();
+        let a = t.register(-1, now).unwrap();
+        let _b = t.register(-1, now).unwrap();
+        assert!(t.register(-1, now).is_none());
+        drop(a);
+        assert_eq!(t.len(), 1);
+        assert!(t.register(-1, now).is_some());
+    }
+
+    #[test]
+    fn sweeps_by_phase() {
+        let t = ConnTable::new(8);
+        let t0 = Instant::now();
+        let timeouts = Timeouts {
+            header: Duration::from_secs(1),
+            idle: Duration::from_secs(10),
+        };
+        let idle = t.register(-1, t0).unwrap();
+        let head = t.register(-1, t0).unwrap();
+        let busy = t.register(-1, t0).unwrap();
+        head.state.enter(Phase::Head, t0);
+        // Trickled bytes do not restart the header clock.
+        head.state
+            .enter(Phase::Head, t0 + Duration::from_millis(900));
+        busy.state.enter(Phase::Busy, t0);
+        let s = t.sweep(t0 + Duration::from_secs(2), &timeouts, false);
+        assert_eq!(
+            s,
+            Swept {
+                timed_out: 1,
+                drained: 0
+            }
+        );
+        assert!(head.state.shut.get());
+        let s = t.sweep(t0 + Duration::from_secs(11), &timeouts, false);
+        assert_eq!(s.timed_out, 1, "the idle one; busy is never timed out");
+        assert!(idle.state.shut.get());
+        assert!(!busy.state.shut.get());
+        busy.state.enter(Phase::Idle, t0);
+        let s = t.sweep(t0, &timeouts, true);
+        assert_eq!(s.drained, 1);
+    }
+}

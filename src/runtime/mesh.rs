@@ -1,0 +1,197 @@
+//! Everything that crosses cores: one message enum, two bounded transports.
+//!
+//! - The control thread (signals) reaches each shard through a bounded crossbeam channel that the
+//!   shard's housekeeping task polls ([`ControlPlane`]); only [`ShardMsg::Drain`] travels there.
+//! - Shards reach each other through a glommio full mesh of bounded SPSC channels, created once at
+//!   startup ([`Mesh`]); only the statistics gather travels there.
+//!
+//! Nothing here is on the request path. Bounds: the control channel holds
+//! [`CONTROL_CHANNEL_CAPACITY`] messages; a shard runs at most [`MAX_CONCURRENT_GATHERS`] gathers
+//! at once, so at most that many requests and replies are ever in one mesh channel, below its
+//! capacity, and a receive loop replying to a peer can never wait on a full channel forever. A
+//! gather gives up after [`GATHER_TIMEOUT`] rather than hold a client hostage to a stuck peer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::sync::Semaphore;
+use glommio::TaskQueueHandle;
+
+use crate::error::ApiError;
+use crate::service::ShardService;
+use crate::stats::StatsSnapshot;
+
+/// Capacity of each mesh channel.
+pub const MESH_CHANNEL_CAPACITY: usize = 64;
+/// Statistics gathers one shard runs at once; more wait their turn.
+pub const MAX_CONCURRENT_GATHERS: u64 = 8;
+/// How long a gather waits for every peer.
+pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Capacity of each shard's control channel.
+pub const CONTROL_CHANNEL_CAPACITY: usize = 4;
+
+/// Every message that crosses cores.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Control thread → every shard, on SIGTERM/SIGINT: stop accepting, turn readiness to 503,
+    /// finish in-flight requests, and exit by `deadline`.
+    Drain {
+        /// When the shard stops waiting for in-flight requests.
+        deadline: Instant,
+    },
+    /// Shard → peer: send me your statistics.
+    StatsRequest {
+        /// The asking shard's mesh peer id.
+        from: usize,
+        /// Matches the reply to the gather.
+        ticket: u64,
+    },
+    /// Peer → asking shard: its statistics.
+    StatsReply {
+        /// From the request.
+        ticket: u64,
+        /// The peer's counters.
+        stats: StatsSnapshot,
+    },
+}
+
+/// The control thread's handle on every shard.
+#[derive(Clone)]
+pub struct ControlPlane {
+    shards: Vec<channel::Sender<ShardMsg>>,
+}
+
+impl ControlPlane {
+    /// A control plane for `shards` shards and the receiving end for each.
+    pub fn new(shards: usize) -> (Self, Vec<channel::Receiver<ShardMsg>>) {
+        let (senders, receivers) = (0..shards)
+            .map(|_| channel::bounded(CONTROL_CHANNEL_CAPACITY))
+            .unzip();
+        (ControlPlane { shards: senders }, receivers)
+    }
+
+    /// Tells every shard to drain by `deadline`. Never blocks: a shard whose channel is full
+    /// already has a drain pending.
+    pub fn drain(&self, deadline: Instant) {
+        for s in &self.shards {
+            let _ = s.try_send(ShardMsg::Drain { deadline });
+        }
+    }
+}
+
+/// A shard's end of the mesh.
+pub(crate) struct Mesh {
+    senders: Senders<ShardMsg>,
+    pending: RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+    next_ticket: Cell<u64>,
+    gathers: Semaphore,
+}
+
+impl Mesh {
+    /// Joins the mesh (waits until every shard has joined) and starts this shard's receive loops.
+    pub(crate) async fn join(
+        builder: MeshBuilder<ShardMsg, Full>,
+        service: Rc<ShardService>,
+        queue: TaskQueueHandle,
+    ) -> Result<Rc<Mesh>, String> {
+        let (senders, mut receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) = builder
+            .join()
+            .await
+            .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+        let mesh = Rc::new(Mesh {
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
+            gathers: Semaphore::new(MAX_CONCURRENT_GATHERS),
+        });
+        for (_, rx) in receivers.streams() {
+            let mesh = mesh.clone();
+            let service = service.clone();
+            glommio::spawn_local_into(
+                async move {
+                    while let Some(msg) = rx.recv().await {
+                        mesh.on_message(msg, &service).await;
+                    }
+                },
+                queue,
+            )
+            .map_err(|e| format!("cannot spawn a mesh receiver: {e}"))?
+            .detach();
+        }
+        Ok(mesh)
+    }
+
+    async fn on_message(&self, msg: ShardMsg, service: &ShardService) {
+        match msg {
+            ShardMsg::StatsRequest { from, ticket } => {
+                let stats = service.stats_snapshot();
+                // A peer that has exited cannot be answered; its gather is gone with it.
+                let _ = self
+                    .senders
+                    .send_to(from, ShardMsg::StatsReply { ticket, stats })
+                    .await;
+            }
+            ShardMsg::StatsReply { ticket, stats } => {
+                if let Some(tx) = self.pending.borrow().get(&ticket) {
+                    // Sized for every peer: cannot be full. A late reply to a gather that timed
+                    // out finds no entry and is dropped.
+                    let _ = tx.try_send(stats);
+                }
+            }
+            ShardMsg::Drain { .. } => {
+                debug_assert!(false, "Drain travels the control channel, never the mesh")
+            }
+        }
+    }
+
+    /// This shard's statistics merged with every peer's.
+    pub(crate) async fn gather_stats(
+        &self,
+        service: &ShardService,
+    ) -> Result<StatsSnapshot, ApiError> {
+        let _permit = self
+            .gathers
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ApiError::unavailable("the shard is shutting down"))?;
+        let me = self.senders.peer_id();
+        let peers: Vec<usize> = (0..self.senders.nr_consumers())
+            .filter(|&p| p != me)
+            .collect();
+        let mut merged = service.stats_snapshot();
+        if peers.is_empty() {
+            return Ok(merged);
+        }
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket.wrapping_add(1));
+        let (tx, rx) = local_channel::new_bounded(peers.len());
+        self.pending.borrow_mut().insert(ticket, tx);
+        let result = async {
+            for &p in &peers {
+                self.senders
+                    .send_to(p, ShardMsg::StatsRequest { from: me, ticket })
+                    .await
+                    .map_err(|_| ApiError::unavailable("a shard is shutting down"))?;
+            }
+            for _ in &peers {
+                let stats = glommio::timer::timeout(GATHER_TIMEOUT, async { Ok(rx.recv().await) })
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        ApiError::unavailable("a shard did not report its statistics in time")
+                    })?;
+                merged.merge(&stats);
+            }
+            Ok(merged)
+        }
+        .await;
+        self.pending.borrow_mut().remove(&ticket);
+        result
+    }
+}

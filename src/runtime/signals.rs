@@ -1,0 +1,49 @@
+//! Signals: SIGTERM and SIGINT start a drain on every shard; a second signal exits at once.
+//!
+//! Handled on a dedicated control thread (signal-hook's self-pipe), never on a shard, so a shard
+//! busy with a model cannot delay the drain order reaching the others.
+
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+
+use super::mesh::ControlPlane;
+use crate::config::SIGINT_DRAIN_TIMEOUT_MS;
+use crate::error::StartupError;
+
+/// Exit status when a second signal cuts the drain short.
+const FORCED_EXIT_STATUS: i32 = 1;
+
+/// Installs the handlers and starts the control thread.
+pub(crate) fn spawn(control: ControlPlane, drain_timeout: Duration) -> Result<(), StartupError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| StartupError::new(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("friday-signals".into())
+        .spawn(move || {
+            let mut draining = false;
+            for signal in signals.forever() {
+                if draining {
+                    warn!("second signal: exiting without waiting for in-flight requests");
+                    std::process::exit(FORCED_EXIT_STATUS);
+                }
+                draining = true;
+                let (name, timeout) = if signal == SIGINT {
+                    let fast = Duration::from_millis(SIGINT_DRAIN_TIMEOUT_MS);
+                    ("SIGINT", drain_timeout.min(fast))
+                } else {
+                    ("SIGTERM", drain_timeout)
+                };
+                info!(
+                    signal = name,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "drain requested"
+                );
+                control.drain(Instant::now() + timeout);
+            }
+        })
+        .map_err(|e| StartupError::new(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
