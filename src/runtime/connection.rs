@@ -11,7 +11,7 @@
 
 use std::io;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -25,6 +25,10 @@ use crate::service::{Action, Request};
 
 /// Flush the output buffer mid-pipeline once it holds this much.
 const FLUSH_THRESHOLD_BYTES: usize = 64 << 10;
+/// After a framing error, how long to keep reading (and discarding) before closing.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+/// After a framing error, how many bytes to read (and discard) at most before closing.
+const LINGER_MAX_BYTES: usize = 1 << 20;
 
 /// A connection's read buffer: `buf[start..end]` is received and not yet consumed. `buf` is fully
 /// initialized (its length is its capacity) so reads can go straight into `buf[end..]`.
@@ -115,6 +119,7 @@ async fn run(
     let mut received = Instant::now();
     loop {
         let mut close = false;
+        let mut framing_error = false;
         let mut need = 0;
         // Answer every complete request already buffered.
         loop {
@@ -135,6 +140,7 @@ async fn run(
                     let date = shard.service.date();
                     Responder::new(write, scratch, &date, false, false).error(&ApiError::from(e));
                     close = true;
+                    framing_error = true;
                     break;
                 }
             };
@@ -182,6 +188,9 @@ async fn run(
             glommio::yield_if_needed().await;
         }
         flush(stream, write).await?;
+        if framing_error {
+            linger(stream, &mut read.buf).await;
+        }
         if close {
             return Ok(());
         }
@@ -213,6 +222,25 @@ async fn flush(stream: &mut TcpStream, write: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// After a framing error the client may still be sending. Closing a socket with unread bytes
+/// makes the kernel answer with a reset, which can destroy the error response before the client
+/// reads it; so shut the write side and read and discard for a bounded time first (what nginx
+/// calls a lingering close).
+async fn linger(stream: &mut TcpStream, buf: &mut [u8]) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = glommio::timer::timeout(LINGER_TIME, async {
+        let mut total = 0;
+        while let Ok(n) = stream.read(buf).await {
+            total += n;
+            if n == 0 || total > LINGER_MAX_BYTES {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 #[cfg(test)]

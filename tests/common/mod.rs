@@ -1,0 +1,331 @@
+//! Test harness: boots the real `friday` binary on 127.0.0.1 with an ephemeral port and talks to
+//! it over real sockets, in raw HTTP/1.1 bytes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for the server to start or a response to arrive.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running server process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `friday serve` with `shards` shards on an ephemeral port.
+    pub fn start(shards: usize) -> Server {
+        Self::start_with(shards, &[])
+    }
+
+    /// Starts `friday serve` with extra arguments.
+    pub fn start_with(shards: usize, extra: &[&str]) -> Server {
+        let cpus = available_cpus();
+        assert!(
+            cpus >= shards,
+            "this test needs {shards} CPUs in the affinity mask; the machine offers {cpus}"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_friday"))
+            .args(["serve", "--http-address", "127.0.0.1", "--http-port", "0"])
+            .args(["--shards", &shards.to_string(), "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the friday binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("friday did not log 'friday listening' within {WAIT:?}");
+                }
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "friday listening" {
+                break v["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        Server {
+            child,
+            addr,
+            logs: rx,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with the pid of our own child.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Log lines printed so far (JSON objects).
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs
+            .try_iter()
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn available_cpus() -> usize {
+    // SAFETY: cpu_set_t is plain data and sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error` message of an error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {}", String::from_utf8_lossy(&self.body)))
+            .to_string()
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A raw HTTP/1.1 client on one connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to friday");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to friday");
+    }
+
+    /// Reads one response (for a HEAD request pass `head = true`: no body follows).
+    pub fn read_response_to(&mut self, head: bool) -> Response {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("valid response head")
+            {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len: usize = if head || status == 100 {
+                    0
+                } else {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.parse().unwrap())
+                        .expect("every friday response has Content-Length")
+                };
+                while self.buf.len() < n + len {
+                    self.fill();
+                }
+                let body = self.buf[n..n + len].to_vec();
+                self.buf.drain(..n + len);
+                return Response {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            self.fill();
+        }
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_to(false)
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read from friday");
+        assert!(n > 0, "friday closed the connection mid-response");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// True if the server closed the connection (reads EOF, or a reset) within the timeout.
+    pub fn is_closed(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut b = [0u8; 1];
+        let closed = match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+        };
+        self.stream.set_read_timeout(Some(WAIT)).unwrap();
+        closed
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.send(&request_bytes(method, path, headers, body));
+        self.read_response_to(method == "HEAD")
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn post_json(&mut self, path: &str, body: &Value) -> Response {
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+}
+
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A binary-extension infer body: JSON header + raw tensor bytes.
+pub fn binary_body(header: &Value, tail: &[u8]) -> (Vec<u8>, usize) {
+    let json = header.to_string();
+    let mut body = json.clone().into_bytes();
+    body.extend_from_slice(tail);
+    (body, json.len())
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Splits a binary-extension response into its JSON header and binary tail.
+pub fn split_binary(resp: &Response) -> (Value, Vec<u8>) {
+    let n: usize = resp
+        .header("inference-header-content-length")
+        .expect("binary response has Inference-Header-Content-Length")
+        .parse()
+        .unwrap();
+    (
+        serde_json::from_slice(&resp.body[..n]).unwrap(),
+        resp.body[n..].to_vec(),
+    )
+}
+
+/// Writes a config file for a test and returns its path.
+pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("friday-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    path
+}

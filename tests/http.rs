@@ -1,0 +1,188 @@
+//! HTTP/1.1 behaviour over real sockets: keep-alive, pipelining, chunked bodies,
+//! `Expect: 100-continue`, HTTP/1.0 and `Connection: close`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn identity_body(v: f32) -> Vec<u8> {
+    json!({"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[v]}]})
+        .to_string()
+        .into_bytes()
+}
+
+#[test]
+fn a_thousand_requests_on_one_keep_alive_connection() {
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let mut c = server.client();
+        for i in 0..1000 {
+            let r = c.request(
+                "POST",
+                "/v2/models/identity/infer",
+                &[],
+                &identity_body(i as f32),
+            );
+            assert_eq!(r.status, 200);
+            assert!(!r.closes());
+            assert_eq!(r.json()["outputs"][0]["data"][0], json!(i as f64));
+        }
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let mut c = server.client();
+        let mut burst = Vec::new();
+        for i in 0..50 {
+            if i % 10 == 9 {
+                burst.extend(request_bytes("GET", "/v2/health/live", &[], b""));
+            } else {
+                burst.extend(request_bytes(
+                    "POST",
+                    "/v2/models/identity/infer",
+                    &[],
+                    &identity_body(i as f32),
+                ));
+            }
+        }
+        // One write: every request arrives in the same segment(s).
+        c.send(&burst);
+        for i in 0..50 {
+            let r = c.read_response();
+            assert_eq!(r.status, 200);
+            if i % 10 == 9 {
+                assert_eq!(r.json(), json!({"live": true}));
+            } else {
+                assert_eq!(
+                    r.json()["outputs"][0]["data"][0],
+                    json!(i as f64),
+                    "response {i}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bytes_trickled_one_at_a_time_still_make_a_request() {
+    let server = Server::start(1);
+    let mut c = server.client();
+    let req = request_bytes(
+        "POST",
+        "/v2/models/identity/infer",
+        &[],
+        &identity_body(7.0),
+    );
+    for b in &req {
+        c.send(std::slice::from_ref(b));
+    }
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["outputs"][0]["data"][0], json!(7.0));
+}
+
+#[test]
+fn chunked_request_body() {
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let mut c = server.client();
+        let body = identity_body(2.5);
+        let (a, b) = body.split_at(10);
+        let mut req = b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        req.extend(format!("{:x}\r\n", a.len()).as_bytes());
+        req.extend(a);
+        req.extend(format!("\r\n{:x};ext=1\r\n", b.len()).as_bytes());
+        req.extend(b);
+        req.extend(b"\r\n0\r\nX-Trailer: yes\r\n\r\n");
+        c.send(&req);
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["outputs"][0]["data"][0], json!(2.5));
+        // The connection stays usable.
+        assert_eq!(c.get("/v2/health/live").status, 200);
+    }
+}
+
+#[test]
+fn expect_100_continue() {
+    let server = Server::start(1);
+    let mut c = server.client();
+    let body = identity_body(4.0);
+    let head = format!(
+        "POST /v2/models/identity/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes());
+    let interim = c.read_response_to(true);
+    assert_eq!(interim.status, 100);
+    c.send(&body);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["outputs"][0]["data"][0], json!(4.0));
+
+    // A body over the limit is refused before the client sends it.
+    let head = "POST /v2/models/identity/infer HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 999999999999\r\n\r\n";
+    c.send(head.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+}
+
+#[test]
+fn connection_close_and_http_1_0() {
+    let server = Server::start(1);
+    let mut c = server.client();
+    let r = c.request("GET", "/v2/health/live", &[("Connection", "close")], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    assert!(c.is_closed(Duration::from_secs(5)));
+
+    let mut c = server.client();
+    c.send(b"GET /v2/health/live HTTP/1.0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    assert!(c.is_closed(Duration::from_secs(5)));
+
+    let mut c = server.client();
+    c.send(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert!(!c.read_response().closes());
+    assert_eq!(c.get("/v2/health/live").status, 200);
+}
+
+#[test]
+fn large_binary_body_grows_the_buffer_and_comes_back_intact() {
+    let server = Server::start(1);
+    let mut c = server.client();
+    // 4 MiB of FP32: far beyond the 16 KiB starting buffer.
+    let n = 1 << 20;
+    let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let tail = f32_bytes(&values);
+    let (body, header_len) = binary_body(
+        &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,n],"parameters":{"binary_data_size":tail.len()}}],
+                "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]}),
+        &tail,
+    );
+    let r = c.request(
+        "POST",
+        "/v2/models/identity/infer",
+        &[("Inference-Header-Content-Length", &header_len.to_string())],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    assert!(split_binary(&r).1 == tail);
+    // And small requests still work afterwards on the same connection.
+    let r = c.request(
+        "POST",
+        "/v2/models/identity/infer",
+        &[],
+        &identity_body(1.0),
+    );
+    assert_eq!(r.status, 200);
+}

@@ -1,0 +1,118 @@
+//! Graceful drain on SIGTERM and SIGINT: readiness turns 503, accepting stops, in-flight requests
+//! finish, idle connections close, and the process exits 0 within the deadline.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn infer_body() -> Vec<u8> {
+    json!({"inputs":[{"name":"INPUT0","shape":[1,2],"datatype":"FP32","data":[1.5,2.5]}]})
+        .to_string()
+        .into_bytes()
+}
+
+fn wait_for_log(server: &Server, message: &str) {
+    let deadline = Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen.extend(server.logs());
+        if seen.iter().any(|l| l["message"] == message) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no log line {message:?}; saw {seen:?}");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    for shards in [1, 2] {
+        let mut s = Server::start(shards);
+        let body = infer_body();
+
+        // In flight at the signal: one infer with half its body sent, one readiness probe with
+        // half its head sent.
+        let mut infer = s.client();
+        let head = format!(
+            "POST /v2/models/identity/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        infer.send(head.as_bytes());
+        infer.send(&body[..10]);
+        let mut probe = s.client();
+        probe.send(b"GET /v2/health/ready HTTP/1.1\r\n");
+        // Idle at the signal: a keep-alive connection between requests.
+        let mut idle = s.client();
+        assert_eq!(idle.get("/v2/health/live").status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+
+        s.signal(libc::SIGTERM);
+        wait_for_log(&s, "draining");
+        std::thread::sleep(Duration::from_millis(100));
+
+        // New connections are refused.
+        assert!(
+            TcpStream::connect(s.addr).is_err(),
+            "accepting must stop once the drain starts"
+        );
+        // The idle connection is closed.
+        assert!(idle.is_closed(Duration::from_secs(5)));
+        // Readiness is 503, and the connection closes after answering.
+        probe.send(b"Host: t\r\n\r\n");
+        let ready = probe.read_response();
+        assert_eq!(ready.status, 503);
+        assert_eq!(ready.json(), json!({"ready": false}));
+        assert!(ready.closes());
+        // The in-flight infer completes correctly.
+        infer.send(&body[10..]);
+        let r = infer.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["outputs"][0]["data"], json!([1.5, 2.5]));
+        assert!(r.closes());
+
+        let status = s
+            .wait_exit(Duration::from_secs(10))
+            .expect("friday exits after draining");
+        assert_eq!(status.code(), Some(0));
+    }
+}
+
+#[test]
+fn drain_deadline_bounds_the_wait() {
+    let cfg = config_file("drain", "[drain]\ntimeout_ms = 500\n");
+    let mut s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    // A client that started a request and never finishes it.
+    let mut stuck = s.client();
+    stuck.send(b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n{");
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    s.signal(libc::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("friday exits at the deadline");
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(400),
+        "exited before the deadline: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(stuck.is_closed(Duration::from_secs(2)));
+}
+
+#[test]
+fn sigint_drains_too() {
+    let mut s = Server::start(2);
+    let mut c = s.client();
+    assert_eq!(c.get("/v2/health/ready").status, 200);
+    s.signal(libc::SIGINT);
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("friday exits on SIGINT");
+    assert_eq!(status.code(), Some(0));
+    assert!(c.is_closed(Duration::from_secs(2)));
+}
