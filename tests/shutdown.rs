@@ -116,3 +116,35 @@ fn sigint_drains_too() {
     assert_eq!(status.code(), Some(0));
     assert!(c.is_closed(Duration::from_secs(2)));
 }
+
+#[test]
+fn a_repeated_sigterm_does_not_cut_the_drain_short_but_a_second_sigint_does() {
+    let cfg = config_file("drain-repeat", "[drain]\ntimeout_ms = 5000\n");
+    let mut s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let mut busy = s.client();
+    let body = infer_body();
+    let head = format!(
+        "POST /v2/models/identity/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    busy.send(head.as_bytes());
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(libc::SIGTERM);
+    s.signal(libc::SIGTERM);
+    wait_for_log(&s, "draining");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.wait_exit(Duration::from_millis(10)).is_none(), "still draining");
+    busy.send(&body);
+    assert_eq!(busy.read_response().status, 200);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(0));
+
+    let mut s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let mut stuck = s.client();
+    stuck.send(head.as_bytes());
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(libc::SIGINT);
+    wait_for_log(&s, "draining");
+    s.signal(libc::SIGINT);
+    let status = s.wait_exit(Duration::from_secs(3)).expect("a second SIGINT exits at once");
+    assert_eq!(status.code(), Some(130));
+}

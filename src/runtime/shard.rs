@@ -189,11 +189,15 @@ async fn serve(setup: ShardSetup) {
 
     let deadline = shard.deadline.get().unwrap_or_else(Instant::now);
     let left = deadline.saturating_duration_since(Instant::now());
-    let closed = glommio::timer::timeout(left, async {
-        let _ = gate.close().await;
+    let closed = if shard.conns.len() == 0 {
         Ok(())
-    })
-    .await;
+    } else {
+        glommio::timer::timeout(left, async {
+            let _ = gate.close().await;
+            Ok(())
+        })
+        .await
+    };
     if closed.is_err() {
         warn!(
             shard = id,

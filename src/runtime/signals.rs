@@ -1,4 +1,7 @@
-//! Signals: SIGTERM and SIGINT start a drain on every shard; a second signal exits at once.
+//! Signals: SIGTERM and SIGINT start a drain on every shard. A SIGINT during a drain (a second
+//! Ctrl-C) exits at once; a repeated SIGTERM changes nothing, because process managers and
+//! `timeout(1)` can deliver one SIGTERM twice (to the process and to its process group), and that
+//! must not cut the drain short.
 //!
 //! Handled on a dedicated control thread (signal-hook's self-pipe), never on a shard, so a shard
 //! busy with a model cannot delay the drain order reaching the others.
@@ -13,8 +16,8 @@ use super::mesh::ControlPlane;
 use crate::config::SIGINT_DRAIN_TIMEOUT_MS;
 use crate::error::StartupError;
 
-/// Exit status when a second signal cuts the drain short.
-const FORCED_EXIT_STATUS: i32 = 1;
+/// Exit status when a SIGINT cuts the drain short (128 + SIGINT, as shells report it).
+const FORCED_EXIT_STATUS: i32 = 130;
 
 /// Installs the handlers and starts the control thread.
 pub(crate) fn spawn(control: ControlPlane, drain_timeout: Duration) -> Result<(), StartupError> {
@@ -26,8 +29,12 @@ pub(crate) fn spawn(control: ControlPlane, drain_timeout: Duration) -> Result<()
             let mut draining = false;
             for signal in signals.forever() {
                 if draining {
-                    warn!("second signal: exiting without waiting for in-flight requests");
-                    std::process::exit(FORCED_EXIT_STATUS);
+                    if signal == SIGINT {
+                        warn!("SIGINT during the drain: exiting without waiting for in-flight requests");
+                        std::process::exit(FORCED_EXIT_STATUS);
+                    }
+                    info!("SIGTERM during the drain: already draining");
+                    continue;
                 }
                 draining = true;
                 let (name, timeout) = if signal == SIGINT {
@@ -36,11 +43,7 @@ pub(crate) fn spawn(control: ControlPlane, drain_timeout: Duration) -> Result<()
                 } else {
                     ("SIGTERM", drain_timeout)
                 };
-                info!(
-                    signal = name,
-                    timeout_ms = timeout.as_millis() as u64,
-                    "drain requested"
-                );
+                info!(signal = name, timeout_ms = timeout.as_millis() as u64, "drain requested");
                 control.drain(Instant::now() + timeout);
             }
         })

@@ -1,0 +1,96 @@
+//! The command line as a user meets it: help, `--check-config`, and startup errors that name
+//! their fix.
+
+mod common;
+
+use std::process::Command;
+
+use common::config_file;
+
+fn friday(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_friday"))
+        .args(args)
+        .output()
+        .expect("run friday");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_documents_every_flag_with_its_default() {
+    let (code, out, _) = friday(&["serve", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--config",
+        "--http-address",
+        "--http-port",
+        "--shards",
+        "--cpus",
+        "--model-repository",
+        "--log-format",
+        "--check-config",
+    ] {
+        assert!(out.contains(flag), "help lacks {flag}:\n{out}");
+    }
+    assert!(out.contains("[default: 8000]"));
+    assert!(out.contains("[default: 0.0.0.0]"));
+    let (code, out, _) = friday(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("serve"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config() {
+    let file = config_file("check-ok", "[http]\nport = 9100\n[log]\nformat = \"json\"\n");
+    let (code, out, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--http-port", "9200", "--check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK"));
+    assert!(out.contains("port = 9200"), "flags override the file:\n{out}");
+    assert!(out.contains("format = \"json\""));
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let file = config_file("check-typo", "[http]\nprot = 9100\n");
+    let (code, _, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("prot"), "{err}");
+
+    let file = config_file("check-bad", "[http]\naddress = \"localhost\"\n");
+    let (code, _, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("http.address"), "{err}");
+
+    let (code, _, err) = friday(&["serve", "--cpus", "3-1", "--check-config"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("shards.cpus"), "{err}");
+
+    let (code, _, err) = friday(&["serve", "--config", "/no/such/file.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/file.toml"), "{err}");
+}
+
+#[test]
+fn startup_errors_name_the_fix() {
+    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", "0", "--shards", "4096"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("lower --shards"), "{err}");
+
+    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", "0", "--cpus", "4000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("affinity mask"), "{err}");
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", &port, "--shards", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--http-port"), "{err}");
+
+    let dir = std::env::temp_dir();
+    let (code, _, err) = friday(&["serve", "--http-port", "0", "--shards", "1", "--model-repository", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("built-in"), "{err}");
+}
