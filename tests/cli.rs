@@ -44,23 +44,46 @@ fn help_documents_every_flag_with_its_default() {
 
 #[test]
 fn check_config_prints_the_effective_config() {
-    let file = config_file("check-ok", "[http]\nport = 9100\n[log]\nformat = \"json\"\n");
-    let (code, out, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--http-port", "9200", "--check-config"]);
+    let file = config_file(
+        "check-ok",
+        "[http]\nport = 9100\n[log]\nformat = \"json\"\n",
+    );
+    let (code, out, err) = friday(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--http-port",
+        "9200",
+        "--check-config",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("configuration OK"));
-    assert!(out.contains("port = 9200"), "flags override the file:\n{out}");
+    assert!(
+        out.contains("port = 9200"),
+        "flags override the file:\n{out}"
+    );
     assert!(out.contains("format = \"json\""));
 }
 
 #[test]
 fn check_config_names_the_bad_key() {
     let file = config_file("check-typo", "[http]\nprot = 9100\n");
-    let (code, _, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--check-config"]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--check-config",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("prot"), "{err}");
 
     let file = config_file("check-bad", "[http]\naddress = \"localhost\"\n");
-    let (code, _, err) = friday(&["serve", "--config", file.to_str().unwrap(), "--check-config"]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--check-config",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("http.address"), "{err}");
 
@@ -75,22 +98,54 @@ fn check_config_names_the_bad_key() {
 
 #[test]
 fn startup_errors_name_the_fix() {
-    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", "0", "--shards", "4096"]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--shards",
+        "4096",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("lower --shards"), "{err}");
 
-    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", "0", "--cpus", "4000"]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--cpus",
+        "4000",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("affinity mask"), "{err}");
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let (code, _, err) = friday(&["serve", "--http-address", "127.0.0.1", "--http-port", &port, "--shards", "1"]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--http-address",
+        "127.0.0.1",
+        "--http-port",
+        &port,
+        "--shards",
+        "1",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("--http-port"), "{err}");
 
     let dir = std::env::temp_dir();
-    let (code, _, err) = friday(&["serve", "--http-port", "0", "--shards", "1", "--model-repository", dir.to_str().unwrap()]);
+    let (code, _, err) = friday(&[
+        "serve",
+        "--http-port",
+        "0",
+        "--shards",
+        "1",
+        "--model-repository",
+        dir.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("built-in"), "{err}");
 }

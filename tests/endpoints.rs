@@ -120,20 +120,8 @@ fn infer_identity_binary() {
         let mut c = s.client();
         let values: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
         let tail = f32_bytes(&values);
-        let (body, header_len) = binary_body(
-            &json!({"id":"","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":tail.len()}}],
-                    "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]}),
-            &tail,
-        );
-        let r = c.request(
-            "POST",
-            "/v2/models/identity/infer",
-            &[
-                ("Content-Type", "application/octet-stream"),
-                ("Inference-Header-Content-Length", &header_len.to_string()),
-            ],
-            &body,
-        );
+        let r = c.post_binary("/v2/models/identity/infer", &json!({"id":"","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":tail.len()}}],
+                    "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]}), &tail);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.header("content-type"), Some("application/octet-stream"));
         let (header, data) = split_binary(&r);
@@ -145,17 +133,8 @@ fn infer_identity_binary() {
         assert_eq!(data, tail);
 
         // binary_data_output asks for every output in binary.
-        let (body, header_len) = binary_body(
-            &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":64}}],
-                    "parameters":{"binary_data_output":true}}),
-            &tail,
-        );
-        let r = c.request(
-            "POST",
-            "/v2/models/identity/infer",
-            &[("Inference-Header-Content-Length", &header_len.to_string())],
-            &body,
-        );
+        let r = c.post_binary("/v2/models/identity/infer", &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":64}}],
+                    "parameters":{"binary_data_output":true}}), &tail);
         assert_eq!(split_binary(&r).1, tail);
 
         // Raw binary: the body is the tensor.
@@ -196,19 +175,10 @@ fn infer_simple_json_binary_and_output_filter() {
         // Binary inputs, only OUTPUT1 back, binary.
         let mut tail = i32_bytes(&a);
         tail.extend(i32_bytes(&b));
-        let (body, header_len) = binary_body(
-            &json!({"inputs":[
+        let r = c.post_binary("/v2/models/simple/infer", &json!({"inputs":[
                 {"name":"INPUT0","shape":[1,16],"datatype":"INT32","parameters":{"binary_data_size":64}},
                 {"name":"INPUT1","shape":[1,16],"datatype":"INT32","parameters":{"binary_data_size":64}}],
-                "outputs":[{"name":"OUTPUT1","parameters":{"binary_data":true}}]}),
-            &tail,
-        );
-        let r = c.request(
-            "POST",
-            "/v2/models/simple/infer",
-            &[("Inference-Header-Content-Length", &header_len.to_string())],
-            &body,
-        );
+                "outputs":[{"name":"OUTPUT1","parameters":{"binary_data":true}}]}), &tail);
         assert_eq!(r.status, 200);
         let (header, data) = split_binary(&r);
         assert_eq!(header["outputs"].as_array().unwrap().len(), 1);

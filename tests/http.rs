@@ -164,17 +164,8 @@ fn large_binary_body_grows_the_buffer_and_comes_back_intact() {
     let n = 1 << 20;
     let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let tail = f32_bytes(&values);
-    let (body, header_len) = binary_body(
-        &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,n],"parameters":{"binary_data_size":tail.len()}}],
-                "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]}),
-        &tail,
-    );
-    let r = c.request(
-        "POST",
-        "/v2/models/identity/infer",
-        &[("Inference-Header-Content-Length", &header_len.to_string())],
-        &body,
-    );
+    let r = c.post_binary("/v2/models/identity/infer", &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,n],"parameters":{"binary_data_size":tail.len()}}],
+                "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]}), &tail);
     assert_eq!(r.status, 200);
     assert!(split_binary(&r).1 == tail);
     // And small requests still work afterwards on the same connection.

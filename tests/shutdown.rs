@@ -133,10 +133,16 @@ fn a_repeated_sigterm_does_not_cut_the_drain_short_but_a_second_sigint_does() {
     s.signal(libc::SIGTERM);
     wait_for_log(&s, "draining");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(s.wait_exit(Duration::from_millis(10)).is_none(), "still draining");
+    assert!(
+        s.wait_exit(Duration::from_millis(10)).is_none(),
+        "still draining"
+    );
     busy.send(&body);
     assert_eq!(busy.read_response().status, 200);
-    assert_eq!(s.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(0));
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
 
     let mut s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
     let mut stuck = s.client();
@@ -145,6 +151,8 @@ fn a_repeated_sigterm_does_not_cut_the_drain_short_but_a_second_sigint_does() {
     s.signal(libc::SIGINT);
     wait_for_log(&s, "draining");
     s.signal(libc::SIGINT);
-    let status = s.wait_exit(Duration::from_secs(3)).expect("a second SIGINT exits at once");
+    let status = s
+        .wait_exit(Duration::from_secs(3))
+        .expect("a second SIGINT exits at once");
     assert_eq!(status.code(), Some(130));
 }

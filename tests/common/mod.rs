@@ -268,6 +268,22 @@ impl Client {
         self.request("GET", path, &[], b"")
     }
 
+    /// POSTs a binary-extension body: the JSON `header`, then the raw tensor bytes `tail`.
+    pub fn post_binary(&mut self, path: &str, header: &Value, tail: &[u8]) -> Response {
+        let json = header.to_string();
+        let mut body = json.clone().into_bytes();
+        body.extend_from_slice(tail);
+        self.request(
+            "POST",
+            path,
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Inference-Header-Content-Length", &json.len().to_string()),
+            ],
+            &body,
+        )
+    }
+
     pub fn post_json(&mut self, path: &str, body: &Value) -> Response {
         self.request(
             "POST",
@@ -290,14 +306,6 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
     bytes
-}
-
-/// A binary-extension infer body: JSON header + raw tensor bytes.
-pub fn binary_body(header: &Value, tail: &[u8]) -> (Vec<u8>, usize) {
-    let json = header.to_string();
-    let mut body = json.clone().into_bytes();
-    body.extend_from_slice(tail);
-    (body, json.len())
 }
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
