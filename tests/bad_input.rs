@@ -205,6 +205,29 @@ fn bad_infer_requests_fail_alone() {
 }
 
 #[test]
+fn non_ascii_paths_are_answered_not_fatal() {
+    for shards in [1, 2] {
+        let s = Server::start(shards);
+        // Multi-byte characters at every offset where a parser might slice the target.
+        for target in [
+            "/aaaaa\u{e9}",
+            "/aaaaaa\u{e9}",
+            "/\u{e9}",
+            "/v2/models/mod\u{e8}le/infer",
+        ] {
+            let mut c = s.client();
+            c.send(format!("GET {target} HTTP/1.1\r\n\r\n").as_bytes());
+            let r = c.read_response();
+            assert!(r.status == 404 || r.status == 405, "{target}: {}", r.status);
+        }
+        let r = s.client().get("/v2/models/mod\u{e8}le");
+        assert_eq!(r.status, 404);
+        assert!(r.error().contains("mod\u{e8}le"));
+        assert_eq!(s.client().get("/v2/health/ready").status, 200);
+    }
+}
+
+#[test]
 fn random_bytes_never_take_a_shard_down() {
     let s = Server::start(1);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -298,4 +321,46 @@ fn connections_over_the_limit_get_503() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.get("/v2/health/live").status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+    let cfg = config_file("slow-reader", "[http]\nidle_timeout_ms = 500\n");
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    // 48 MiB echoed back: far more than the socket buffers hold, so the server's write blocks.
+    let n = 12 << 20;
+    let tail = vec![0u8; n * 4];
+    let mut slow = s.client();
+    let header = json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,n],"parameters":{"binary_data_size":tail.len()}}],
+                        "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]});
+    let json = header.to_string();
+    let mut body = json.clone().into_bytes();
+    body.extend_from_slice(&tail);
+    slow.send(&common::request_bytes(
+        "POST",
+        "/v2/models/identity/infer",
+        &[("Inference-Header-Content-Length", &json.len().to_string())],
+        &body,
+    ));
+    // Meanwhile the shard serves others.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.client().get("/v2/health/live").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Now read: the response stops short, because the server gave up on this client.
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        match std::io::Read::read(&mut slow.stream, &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => total += k,
+        }
+    }
+    assert!(
+        total < tail.len(),
+        "read {total} bytes: the whole response arrived"
+    );
+    assert_eq!(s.client().get("/v2/health/live").status, 200);
 }

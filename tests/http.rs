@@ -152,7 +152,12 @@ fn connection_close_and_http_1_0() {
 
     let mut c = server.client();
     c.send(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-    assert!(!c.read_response().closes());
+    let r = c.read_response();
+    assert_eq!(
+        r.header("connection"),
+        Some("keep-alive"),
+        "HTTP/1.0 keep-alive is confirmed"
+    );
     assert_eq!(c.get("/v2/health/live").status, 200);
 }
 

@@ -406,9 +406,14 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpEr
 fn target_path(buf: &[u8], target: &str) -> Result<Range<usize>, HttpError> {
     // httparse hands back a slice of `buf`, so its offset is the pointer difference.
     let start = target.as_ptr() as usize - buf.as_ptr() as usize;
-    let scheme = ["http://", "https://"]
-        .into_iter()
-        .find(|s| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s));
+    // Compare bytes: the target may hold multi-byte UTF-8, so slicing the str at a fixed
+    // offset could split a character (and panic).
+    let scheme = ["http://", "https://"].into_iter().find(|s| {
+        target
+            .as_bytes()
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
+    });
     let (offset, path) = match scheme {
         // Absolute form: skip the authority. Without a path it means "/", left empty here.
         Some(s) => match target[s.len()..].find('/') {
@@ -703,6 +708,27 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_targets_never_split_a_character() {
+        // 'é' straddles bytes 6-7 and 7-8, where the scheme prefixes end.
+        for target in [
+            "/aaaaaé",
+            "/aaaaaaé",
+            "/é",
+            "/v2/models/é/infer",
+            "http://é/x",
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let _ = decode_all(req.as_bytes());
+        }
+        let req = "GET /v2/models/modèle HTTP/1.1\r\n\r\n";
+        let (m, _) = complete(req.as_bytes());
+        assert_eq!(
+            &req.as_bytes()[m.head.path.clone()],
+            "/v2/models/modèle".as_bytes()
+        );
+    }
+
+    #[test]
     fn absolute_form_and_inference_header() {
         let req = b"POST http://h:1/v2/models/m/infer HTTP/1.1\r\nInference-Header-Content-Length: 7\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
         let (m, _) = complete(req);
@@ -727,6 +753,14 @@ mod tests {
                 prop_assert!(m.consumed <= bytes.len());
                 prop_assert!(m.head.path.end <= bytes.len());
             }
+        }
+
+        #[test]
+        fn any_unicode_target_never_panics(target in "\\PC{0,24}") {
+            let req = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let _ = decode_all(req.as_bytes());
+            let req = format!("GET /{target} HTTP/1.1\r\n\r\n");
+            let _ = decode_all(req.as_bytes());
         }
 
         #[test]

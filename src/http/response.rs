@@ -37,43 +37,67 @@ pub const OCTET_STREAM: &str = "application/octet-stream";
 /// Seconds a client is told to wait after a 429 or 503.
 const RETRY_AFTER_SECS: u32 = 1;
 
+/// How a response frames the connection it is sent on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseMode {
+    /// The connection stays open after this response; otherwise `Connection: close`.
+    pub keep_alive: bool,
+    /// The request was HEAD: same headers, no body.
+    pub head_only: bool,
+    /// The request was HTTP/1.0, where keep-alive must be confirmed with `Connection: keep-alive`.
+    pub http_1_0: bool,
+}
+
+impl ResponseMode {
+    /// A response after which the connection closes.
+    pub const CLOSE: ResponseMode = ResponseMode {
+        keep_alive: false,
+        head_only: false,
+        http_1_0: false,
+    };
+
+    /// A response on a connection that stays open.
+    pub const KEEP_ALIVE: ResponseMode = ResponseMode {
+        keep_alive: true,
+        head_only: false,
+        http_1_0: false,
+    };
+}
+
 /// Writes one response per call into the connection's output buffer.
 pub struct Responder<'b> {
     out: &'b mut Vec<u8>,
     scratch: &'b mut Vec<u8>,
     date: &'b [u8],
-    keep_alive: bool,
-    head_only: bool,
+    mode: ResponseMode,
 }
 
 impl<'b> Responder<'b> {
     /// A responder appending to `out`, building bodies in `scratch`. `date` is the preformatted
-    /// `Date` header value; `head_only` answers a HEAD request (same headers, no body).
+    /// `Date` header value.
     pub fn new(
         out: &'b mut Vec<u8>,
         scratch: &'b mut Vec<u8>,
         date: &'b [u8],
-        keep_alive: bool,
-        head_only: bool,
+        mode: ResponseMode,
     ) -> Self {
         scratch.clear();
         Responder {
             out,
             scratch,
             date,
-            keep_alive,
-            head_only,
+            mode,
         }
     }
 
     /// Whether the response says the connection stays open.
     pub fn keep_alive(&self) -> bool {
-        self.keep_alive
+        self.mode.keep_alive
     }
 
     /// Makes the response close the connection (`Connection: close`).
     pub fn close_connection(&mut self) {
-        self.keep_alive = false;
+        self.mode.keep_alive = false;
     }
 
     /// The scratch buffer, cleared, for building a body in (see [`Responder::send_scratch`]).
@@ -93,7 +117,7 @@ impl<'b> Responder<'b> {
     /// Sends a ready-made body.
     pub fn bytes(&mut self, status: u16, content_type: &str, body: &[u8]) {
         self.head(status, content_type, body.len(), None);
-        if !self.head_only {
+        if !self.mode.head_only {
             self.out.extend_from_slice(body);
         }
     }
@@ -122,7 +146,7 @@ impl<'b> Responder<'b> {
         } else {
             self.head(status, OCTET_STREAM, len, Some(self.scratch.len()));
         }
-        if self.head_only {
+        if self.mode.head_only {
             return;
         }
         self.out.extend_from_slice(self.scratch);
@@ -161,8 +185,10 @@ impl<'b> Responder<'b> {
         if status == ErrorKind::MethodNotAllowed.status() {
             out.extend_from_slice(b"\r\nAllow: GET, HEAD, POST");
         }
-        if !self.keep_alive {
+        if !self.mode.keep_alive {
             out.extend_from_slice(b"\r\nConnection: close");
+        } else if self.mode.http_1_0 {
+            out.extend_from_slice(b"\r\nConnection: keep-alive");
         }
         out.extend_from_slice(b"\r\n\r\n");
     }
@@ -199,8 +225,7 @@ mod tests {
             &mut out,
             &mut scratch,
             b"Thu, 01 Jan 1970 00:00:00 GMT",
-            true,
-            false,
+            ResponseMode::KEEP_ALIVE,
         );
         r.json(200, &serde_json::json!({"ready": true}));
         let (status, headers, body) = parse(&out);
@@ -214,7 +239,7 @@ mod tests {
     #[test]
     fn errors_carry_status_retry_after_and_close() {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
-        let mut r = Responder::new(&mut out, &mut scratch, b"d", false, false);
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::CLOSE);
         r.error(&ApiError::unavailable("draining"));
         let (status, headers, body) = parse(&out);
         assert_eq!(status, 503);
@@ -226,7 +251,7 @@ mod tests {
     #[test]
     fn binary_tails_follow_the_json_header() {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
-        let mut r = Responder::new(&mut out, &mut scratch, b"d", true, false);
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::KEEP_ALIVE);
         r.scratch().extend_from_slice(b"{}");
         r.send_scratch(200, &[b"abc", b"de"]);
         let (_, headers, body) = parse(&out);
@@ -239,10 +264,26 @@ mod tests {
     #[test]
     fn head_requests_get_no_body() {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
-        let mut r = Responder::new(&mut out, &mut scratch, b"d", true, true);
+        let mode = ResponseMode {
+            head_only: true,
+            ..ResponseMode::KEEP_ALIVE
+        };
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", mode);
         r.bytes(200, JSON, b"{\"live\":true}");
         let (_, headers, body) = parse(&out);
         assert!(headers.contains(&("content-length".into(), "13".into())));
         assert!(body.is_empty());
+    }
+
+    #[test]
+    fn http_1_0_keep_alive_is_confirmed() {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let mode = ResponseMode {
+            http_1_0: true,
+            ..ResponseMode::KEEP_ALIVE
+        };
+        Responder::new(&mut out, &mut scratch, b"d", mode).bytes(200, JSON, b"{}");
+        let (_, headers, _) = parse(&out);
+        assert!(headers.contains(&("connection".into(), "keep-alive".into())));
     }
 }

@@ -1,7 +1,7 @@
 //! The shard's table of open connections: the connection limit, timeouts, and drain.
 //!
 //! Each connection task records its phase (idle between requests, reading a head, reading a
-//! body, busy answering) and since when. Instead of a timer per read, one housekeeping task
+//! body, busy answering, waiting for the client to take a response) and since when. Instead of a timer per read, one housekeeping task
 //! sweeps the table a few times a second and shuts down the sockets that overstayed; the blocked
 //! read then returns end-of-file and the connection task ends itself. A drain shuts down the read
 //! side of idle connections the same way. The request path pays one `Cell` write per phase change.
@@ -24,6 +24,8 @@ pub(crate) enum Phase {
     Body,
     /// Answering; never timed out (the model may take a while).
     Busy,
+    /// Waiting for the client to take a response; timed out like `Idle`, restarted by progress.
+    Write,
 }
 
 /// One connection's entry.
@@ -50,7 +52,7 @@ impl ConnState {
 pub(crate) struct Timeouts {
     /// From the first byte of a head to its end.
     pub header: Duration,
-    /// Idle between requests, or no progress on a body.
+    /// Idle between requests, or no progress on a body or on a response the client is not reading.
     pub idle: Duration,
 }
 
@@ -130,7 +132,7 @@ impl ConnTable {
                 // way is still read and answered (with `Connection: close`), then the connection
                 // ends.
                 Phase::Idle if draining => Some((libc::SHUT_RD, &mut swept.drained)),
-                Phase::Idle | Phase::Body if age > t.idle => {
+                Phase::Idle | Phase::Body | Phase::Write if age > t.idle => {
                     Some((libc::SHUT_RDWR, &mut swept.timed_out))
                 }
                 Phase::Head if age > t.header => Some((libc::SHUT_RDWR, &mut swept.timed_out)),
@@ -175,6 +177,10 @@ mod tests {
         let idle = t.register(-1, t0).unwrap();
         let head = t.register(-1, t0).unwrap();
         let busy = t.register(-1, t0).unwrap();
+        let writing = t.register(-1, t0).unwrap();
+        writing
+            .state
+            .enter(Phase::Write, t0 + Duration::from_secs(5));
         head.state.enter(Phase::Head, t0);
         // Trickled bytes do not restart the header clock.
         head.state
@@ -193,6 +199,13 @@ mod tests {
         assert_eq!(s.timed_out, 1, "the idle one; busy is never timed out");
         assert!(idle.state.shut.get());
         assert!(!busy.state.shut.get());
+        assert!(!writing.state.shut.get(), "its clock restarted at t0+5s");
+        let s = t.sweep(t0 + Duration::from_secs(16), &timeouts, false);
+        assert_eq!(s.timed_out, 1);
+        assert!(
+            writing.state.shut.get(),
+            "a client that stopped reading is cut off"
+        );
         busy.state.enter(Phase::Idle, t0);
         let s = t.sweep(t0, &timeouts, true);
         assert_eq!(s.drained, 1);

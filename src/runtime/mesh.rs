@@ -5,11 +5,11 @@
 //! - Shards reach each other through a glommio full mesh of bounded SPSC channels, created once at
 //!   startup ([`Mesh`]); only the statistics gather travels there.
 //!
-//! Nothing here is on the request path. Bounds: the control channel holds
-//! [`CONTROL_CHANNEL_CAPACITY`] messages; a shard runs at most [`MAX_CONCURRENT_GATHERS`] gathers
-//! at once, so at most that many requests and replies are ever in one mesh channel, below its
-//! capacity, and a receive loop replying to a peer can never wait on a full channel forever. A
-//! gather gives up after [`GATHER_TIMEOUT`] rather than hold a client hostage to a stuck peer.
+//! Nothing here is on the request path, and nothing here ever waits on a full channel: every
+//! mesh send is a `try_send`, so two shards can never deadlock replying to each other, and a
+//! stalled or exited peer costs a gather one [`GATHER_TIMEOUT`] at most. A shard runs at most
+//! [`MAX_CONCURRENT_GATHERS`] gathers at once; the control channel holds
+//! [`CONTROL_CHANNEL_CAPACITY`] messages.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -130,11 +130,11 @@ impl Mesh {
         match msg {
             ShardMsg::StatsRequest { from, ticket } => {
                 let stats = service.stats_snapshot();
-                // A peer that has exited cannot be answered; its gather is gone with it.
+                // If the asker's channel is full or the asker has exited, drop the reply: the
+                // asker's gather times out rather than anyone waiting here.
                 let _ = self
                     .senders
-                    .send_to(from, ShardMsg::StatsReply { ticket, stats })
-                    .await;
+                    .try_send_to(from, ShardMsg::StatsReply { ticket, stats });
             }
             ShardMsg::StatsReply { ticket, stats } => {
                 if let Some(tx) = self.pending.borrow().get(&ticket) {
@@ -160,38 +160,63 @@ impl Mesh {
             .await
             .map_err(|_| ApiError::unavailable("the shard is shutting down"))?;
         let me = self.senders.peer_id();
-        let peers: Vec<usize> = (0..self.senders.nr_consumers())
+        let peers = (0..self.senders.nr_consumers())
             .filter(|&p| p != me)
-            .collect();
+            .count();
         let mut merged = service.stats_snapshot();
-        if peers.is_empty() {
+        if peers == 0 {
             return Ok(merged);
         }
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket.wrapping_add(1));
-        let (tx, rx) = local_channel::new_bounded(peers.len());
-        self.pending.borrow_mut().insert(ticket, tx);
-        let result = async {
-            for &p in &peers {
-                self.senders
-                    .send_to(p, ShardMsg::StatsRequest { from: me, ticket })
-                    .await
-                    .map_err(|_| ApiError::unavailable("a shard is shutting down"))?;
-            }
-            for _ in &peers {
-                let stats = glommio::timer::timeout(GATHER_TIMEOUT, async { Ok(rx.recv().await) })
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        ApiError::unavailable("a shard did not report its statistics in time")
-                    })?;
-                merged.merge(&stats);
-            }
-            Ok(merged)
+        let (tx, rx) = local_channel::new_bounded(peers);
+        // Removed however this future ends, including when it is dropped mid-gather.
+        let _pending = PendingGuard::new(&self.pending, ticket, tx);
+        for p in (0..self.senders.nr_consumers()).filter(|&p| p != me) {
+            self.senders
+                .try_send_to(p, ShardMsg::StatsRequest { from: me, ticket })
+                .map_err(|_| ApiError::unavailable("a shard is busy or shutting down; retry"))?;
         }
-        .await;
-        self.pending.borrow_mut().remove(&ticket);
-        result
+        let replies = glommio::timer::timeout(GATHER_TIMEOUT, async {
+            let mut replies = Vec::with_capacity(peers);
+            while replies.len() < peers {
+                match rx.recv().await {
+                    Some(stats) => replies.push(stats),
+                    None => break,
+                }
+            }
+            Ok(replies)
+        })
+        .await
+        .ok()
+        .filter(|r| r.len() == peers)
+        .ok_or_else(|| ApiError::unavailable("a shard did not report its statistics in time"))?;
+        for r in &replies {
+            merged.merge(r);
+        }
+        Ok(merged)
+    }
+}
+
+/// A pending gather's reply slot, removed from the table on drop.
+struct PendingGuard<'m> {
+    table: &'m RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+    ticket: u64,
+}
+
+impl<'m> PendingGuard<'m> {
+    fn new(
+        table: &'m RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+        ticket: u64,
+        tx: LocalSender<StatsSnapshot>,
+    ) -> Self {
+        table.borrow_mut().insert(ticket, tx);
+        PendingGuard { table, ticket }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.table.borrow_mut().remove(&self.ticket);
     }
 }

@@ -39,6 +39,8 @@ use shard::ShardSetup;
 
 /// The least locked memory glommio needs per process (its own check), in bytes.
 const MIN_MEMLOCK_BYTES: u64 = 512 << 10;
+/// Exit status when a shard panics (EX_SOFTWARE).
+const SHARD_PANIC_EXIT_STATUS: i32 = 70;
 /// How long startup waits for every shard to report in.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,7 +74,17 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         };
         let thread = std::thread::Builder::new()
             .name(format!("friday-shard-{id}"))
-            .spawn(move || shard::run(setup))
+            .spawn(move || {
+                // Requests are answered under catch_unwind, so this is a bug in the shard itself.
+                // A server missing a shard would go on half-alive; exit so a supervisor restarts
+                // it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard::run(setup)))
+                    .is_err()
+                {
+                    tracing::error!(shard = id, "shard panicked; exiting");
+                    std::process::exit(SHARD_PANIC_EXIT_STATUS);
+                }
+            })
             .map_err(|e| StartupError::new(format!("cannot start shard thread {id}: {e}")))?;
         threads.push(thread);
     }
@@ -96,9 +108,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         "friday listening"
     );
     for t in threads {
-        if t.join().is_err() {
-            return Err(StartupError::new("a shard thread panicked; this is a bug"));
-        }
+        let _ = t.join();
     }
     info!("friday stopped");
     Ok(())

@@ -30,7 +30,7 @@ use super::mesh::{Mesh, ShardMsg};
 use super::task_queues::TaskQueues;
 use crate::config::HttpConfig;
 use crate::error::ApiError;
-use crate::http::{Limits, Responder};
+use crate::http::{Limits, Responder, ResponseMode};
 use crate::service::{ServiceState, ShardService};
 
 /// io_uring registered-buffer memory per executor. friday does no file I/O through glommio's
@@ -260,9 +260,11 @@ fn spawn_or_log(shard: &Shard, fut: impl std::future::Future<Output = ()> + 'sta
 async fn reject(shard: Rc<Shard>, mut stream: TcpStream) {
     let (mut out, mut scratch) = (Vec::new(), Vec::new());
     let date = shard.service.date();
-    Responder::new(&mut out, &mut scratch, &date, false, false).error(&ApiError::unavailable(
-        "this shard has reached http.max_connections_per_shard; retry later",
-    ));
+    Responder::new(&mut out, &mut scratch, &date, ResponseMode::CLOSE).error(
+        &ApiError::unavailable(
+            "this shard has reached http.max_connections_per_shard; retry later",
+        ),
+    );
     let _ = stream.write_all(&out).await;
     debug!(shard = shard.id, "rejected a connection over the limit");
 }
