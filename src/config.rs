@@ -5,6 +5,7 @@
 //! names the key and the fix. Every default is a named constant with its unit in the name. The
 //! validated config is passed by reference; nothing deeper reads the environment.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,15 @@ pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// SIGINT drains like SIGTERM but waits at most this long (5 s): an operator at a terminal.
 pub const SIGINT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+/// Requests one model may have waiting on one shard (`dynamic_batching.max_queue_size`); beyond
+/// it requests get 429 at once. Triton's 0 ("unbounded") is not allowed: every queue is bounded.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
+/// Upper bound on `max_queue_size`.
+pub const MAX_MAX_QUEUE_SIZE: usize = 1 << 16;
+/// Upper bound on `max_batch_size`.
+pub const MAX_MAX_BATCH_SIZE: usize = 4096;
+/// The models `[models.<name>]` may configure.
+pub const BUILTIN_MODELS: &[&str] = &["identity", "simple", "synthetic"];
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -68,6 +78,82 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful drain on SIGTERM / SIGINT.
     pub drain: DrainConfig,
+    /// Per-model serving settings (`[models.<name>]`), with Triton's names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelSettings>,
+}
+
+/// Where a model's batches run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// On the shard's own thread, in its own task queue: no handoff, but a batch holds the
+    /// reactor while it runs. For models that take well under a millisecond.
+    Inline,
+    /// On a worker thread of the shard (pinned to the shard's CPU), reached through a ring and a
+    /// doorbell: the reactor keeps serving I/O while a batch computes.
+    Worker,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Placement::Inline => "inline",
+            Placement::Worker => "worker",
+        })
+    }
+}
+
+/// `[models.<name>]`: how one model is served. Unset values keep the model's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Largest batch (items); 0 means the model takes no batch dimension, 1 turns batching off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// `inline` or `worker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// Triton's dynamic batcher settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// `synthetic` only: microseconds of CPU each batch costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_batch_us: Option<u64>,
+    /// `synthetic` only: microseconds of CPU each item in a batch adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_item_us: Option<u64>,
+}
+
+/// `[models.<name>.dynamic_batching]`, Triton's `dynamic_batching { … }` by the same names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicBatching {
+    /// How long a batch may wait for more requests (0: dispatch as soon as the model is free).
+    pub max_queue_delay_microseconds: u64,
+    /// Batch sizes worth dispatching before the delay runs out.
+    pub preferred_batch_size: Vec<usize>,
+    /// Requests that may wait per shard; beyond it, 429.
+    pub max_queue_size: usize,
+    /// Queue timeout for requests without a `timeout` parameter (0: none).
+    pub default_timeout_microseconds: u64,
+    /// Priority levels (0: none). Requests pick one with the `priority` parameter (1 is highest).
+    pub priority_levels: u32,
+    /// Level for requests without a `priority` parameter (1..=priority_levels).
+    pub default_priority_level: u32,
+}
+
+impl Default for DynamicBatching {
+    fn default() -> Self {
+        DynamicBatching {
+            max_queue_delay_microseconds: 0,
+            preferred_batch_size: Vec::new(),
+            max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
+            default_timeout_microseconds: 0,
+            priority_levels: 0,
+            default_priority_level: 0,
+        }
+    }
 }
 
 /// `[http]`: the HTTP/1.1 front end.
@@ -299,7 +385,15 @@ impl Config {
         if self.drain.timeout_ms == 0 {
             return Err(invalid("drain.timeout_ms", "must be at least 1 ms"));
         }
+        for (name, m) in &self.models {
+            validate_model(name, m)?;
+        }
         Ok(())
+    }
+
+    /// The settings of model `name` (defaults when it has no section).
+    pub fn model(&self, name: &str) -> ModelSettings {
+        self.models.get(name).cloned().unwrap_or_default()
     }
 
     /// The config as TOML, as `--check-config` prints it.
@@ -307,6 +401,69 @@ impl Config {
         toml::to_string_pretty(self)
             .expect("the config tree serializes: it holds only plain values")
     }
+}
+
+fn validate_model(name: &str, m: &ModelSettings) -> Result<(), ConfigError> {
+    // Keys name the section; the problem names the model, so the message points at the line.
+    if !BUILTIN_MODELS.contains(&name) {
+        return Err(invalid(
+            "models",
+            format!(
+                "no model named `{name}`: the models are {}",
+                BUILTIN_MODELS.join(", ")
+            ),
+        ));
+    }
+    if name != "synthetic" && (m.cost_per_batch_us.is_some() || m.cost_per_item_us.is_some()) {
+        return Err(invalid(
+            "models.*.cost_per_batch_us",
+            format!("`{name}`: cost_per_batch_us and cost_per_item_us apply only to synthetic"),
+        ));
+    }
+    let max_batch = m.max_batch_size.unwrap_or(1);
+    if max_batch > MAX_MAX_BATCH_SIZE {
+        return Err(invalid(
+            "models.*.max_batch_size",
+            format!("`{name}`: {max_batch} is above {MAX_MAX_BATCH_SIZE}"),
+        ));
+    }
+    if let Some(b) = &m.dynamic_batching {
+        if b.max_queue_size == 0 || b.max_queue_size > MAX_MAX_QUEUE_SIZE {
+            return Err(invalid(
+                "models.*.dynamic_batching.max_queue_size",
+                format!(
+                    "`{name}`: {} is outside 1..={MAX_MAX_QUEUE_SIZE}; every queue is bounded",
+                    b.max_queue_size
+                ),
+            ));
+        }
+        if let Some(max) = m.max_batch_size {
+            if let Some(p) = b.preferred_batch_size.iter().find(|&&p| p == 0 || p > max.max(1)) {
+                return Err(invalid(
+                    "models.*.dynamic_batching.preferred_batch_size",
+                    format!("`{name}`: {p} is outside 1..=max_batch_size ({max})"),
+                ));
+            }
+        }
+        if b.priority_levels > 0
+            && !(1..=b.priority_levels).contains(&b.default_priority_level)
+        {
+            return Err(invalid(
+                "models.*.dynamic_batching.default_priority_level",
+                format!(
+                    "`{name}`: {} is outside 1..={} (priority_levels)",
+                    b.default_priority_level, b.priority_levels
+                ),
+            ));
+        }
+        if b.priority_levels == 0 && b.default_priority_level != 0 {
+            return Err(invalid(
+                "models.*.dynamic_batching.default_priority_level",
+                format!("`{name}`: set priority_levels first"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,6 +536,58 @@ mod tests {
         let mut c = Config::default();
         c.log.level = "info,[".into();
         assert_eq!(c.validate().unwrap_err().key, "log.level");
+    }
+
+    #[test]
+    fn model_sections_use_tritons_names() {
+        let c = Config::from_toml(
+            r#"
+            [models.synthetic]
+            max_batch_size = 32
+            placement = "worker"
+            cost_per_batch_us = 500
+            cost_per_item_us = 20
+            [models.synthetic.dynamic_batching]
+            max_queue_delay_microseconds = 1000
+            preferred_batch_size = [16, 32]
+            max_queue_size = 64
+            default_timeout_microseconds = 5000
+            priority_levels = 2
+            default_priority_level = 2
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let m = c.model("synthetic");
+        assert_eq!(m.placement, Some(Placement::Worker));
+        let b = m.dynamic_batching.unwrap();
+        assert_eq!(b.preferred_batch_size, vec![16, 32]);
+        assert_eq!(c.model("identity"), ModelSettings::default());
+        assert!(Config::from_toml("[models.identity]\nmax_batch = 3\n").is_err());
+    }
+
+    #[test]
+    fn model_settings_are_checked() {
+        let bad = [
+            ("[models.nope]\nmax_batch_size = 1\n", "models"),
+            ("[models.identity]\ncost_per_batch_us = 1\n", "models.*.cost_per_batch_us"),
+            (
+                "[models.synthetic]\nmax_batch_size = 4\n[models.synthetic.dynamic_batching]\npreferred_batch_size = [8]\n",
+                "models.*.dynamic_batching.preferred_batch_size",
+            ),
+            (
+                "[models.simple.dynamic_batching]\nmax_queue_size = 0\n",
+                "models.*.dynamic_batching.max_queue_size",
+            ),
+            (
+                "[models.simple.dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 3\n",
+                "models.*.dynamic_batching.default_priority_level",
+            ),
+        ];
+        for (toml, key) in bad {
+            let c = Config::from_toml(toml).unwrap();
+            assert_eq!(c.validate().unwrap_err().key, key, "{toml}");
+        }
     }
 
     #[test]

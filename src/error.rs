@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Overloaded,
     /// The server is draining or a model is not ready (Triton: UNAVAILABLE).
     Unavailable,
+    /// A request's queue deadline (`timeout` parameter or `default_timeout_microseconds`) passed
+    /// before it ran (Triton answers UNAVAILABLE).
+    TimedOut,
     /// A feature of HTTP/1.1 friday does not implement (e.g. a transfer coding other than chunked).
     NotImplemented,
     /// A bug or a model failure (Triton: INTERNAL).
@@ -52,7 +55,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeaderTooLarge => 431,
             ErrorKind::Overloaded => 429,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::TimedOut => 503,
             ErrorKind::NotImplemented => 501,
             ErrorKind::Internal => 500,
         }
@@ -60,15 +63,19 @@ impl ErrorKind {
 
     /// Whether sending the same request again later can succeed.
     pub const fn retryable(self) -> bool {
-        matches!(self, ErrorKind::Overloaded | ErrorKind::Unavailable)
+        matches!(
+            self,
+            ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::TimedOut
+        )
     }
 
     /// Who is at fault.
     pub const fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::Internal => {
-                ErrorSource::Server
-            }
+            ErrorKind::Overloaded
+            | ErrorKind::Unavailable
+            | ErrorKind::TimedOut
+            | ErrorKind::Internal => ErrorSource::Server,
             _ => ErrorSource::Client,
         }
     }

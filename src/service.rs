@@ -2,12 +2,13 @@
 //!
 //! [`ServiceState`] is what every shard shares read-only (the registry and the documents rendered
 //! from it once at startup). [`ShardService`] is one shard's view: the shared state plus its own
-//! statistics, drain flag and cached `Date` header. The handler knows nothing of sockets or
-//! glommio; the one thing it cannot do alone, merging statistics from other shards, it hands back
-//! to the runtime as [`Action::GatherStats`].
+//! statistics, metrics, drain flag and cached `Date` header. The handler knows nothing of sockets
+//! or glommio. What it cannot do alone it hands back to the runtime as an [`Action`]: an infer
+//! request goes to the model's batcher ([`Action::Infer`], answered later by
+//! [`ShardService::finish_infer`]), and statistics and metrics need every shard's numbers
+//! ([`Action::Gather`]).
 
 use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -15,9 +16,14 @@ use serde_json::json;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{InferenceHeader, Method, Responder, JSON};
-use crate::model::{ModelEntry, ModelRegistry};
-use crate::protocol::{self, metadata, ModelAction, Route};
+use crate::metrics::{self, Outcome, ShardMetrics, ShardMetricsSnapshot};
+use crate::model::ModelRegistry;
+use crate::protocol::{self, metadata, InferRequest, ModelAction, Route};
 use crate::stats::{render_stats, RequestTimes, ShardStats, StatsSnapshot};
+use crate::tensor::Tensor;
+
+/// `Content-Type` of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `Date` header value: always 29 bytes (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub type HttpDate = [u8; 29];
@@ -60,7 +66,7 @@ impl ServiceState {
                     .collect();
                 ModelDocs {
                     metadata: metadata::model_metadata(meta, &versions),
-                    config: metadata::model_config(meta),
+                    config: metadata::model_config(meta, &e.serving),
                     ready: metadata::model_ready(&meta.name),
                 }
             })
@@ -93,26 +99,61 @@ pub struct Request<'a> {
     pub received: Instant,
 }
 
-/// Which statistics a `…/stats` request wants: every model, or one registry entry.
+/// What a request needs from every shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatsQuery {
-    /// `None` for every model.
-    pub only: Option<usize>,
+pub enum Gather {
+    /// Triton statistics of every model (`None`) or of one registry entry.
+    Stats {
+        /// `None` for every model.
+        only: Option<usize>,
+    },
+    /// Prometheus metrics.
+    Metrics,
+}
+
+/// A decoded infer request on its way to its model's batcher.
+#[derive(Debug)]
+pub struct InferJob<'r> {
+    /// Registry index of the model.
+    pub model: usize,
+    /// The decoded request (the batcher takes its inputs).
+    pub request: InferRequest<'r>,
+    /// When its bytes were read.
+    pub received: Instant,
+    /// When it was decoded.
+    pub decoded: Instant,
+    /// Its queue level (0-based; 0 is served first).
+    pub level: usize,
 }
 
 /// What the runtime must do after [`ShardService::handle`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+#[derive(Debug)]
+pub enum Action<'r> {
     /// The response is written.
     Done,
-    /// Gather every shard's statistics, then call [`ShardService::answer_stats`].
-    GatherStats(StatsQuery),
+    /// Gather every shard's snapshots, then call [`ShardService::answer_gather`].
+    Gather(Gather),
+    /// Submit to the model's batcher, then call [`ShardService::finish_infer`].
+    Infer(InferJob<'r>),
+}
+
+/// A request's batch ran: its outputs and when things happened.
+pub struct Ran<'o> {
+    /// Its outputs, in the model's metadata order.
+    pub outputs: &'o [Tensor<'o>],
+    /// When its batch left the queue.
+    pub dispatched: Instant,
+    /// When the model started.
+    pub infer_start: Instant,
+    /// When the model finished.
+    pub infer_end: Instant,
 }
 
 /// One shard's handler. `!Sync` on purpose: it belongs to one shard.
 pub struct ShardService {
     state: Arc<ServiceState>,
     stats: ShardStats,
+    metrics: ShardMetrics,
     draining: Cell<bool>,
     date: Cell<HttpDate>,
 }
@@ -122,10 +163,16 @@ impl ShardService {
     pub fn new(state: Arc<ServiceState>) -> Self {
         ShardService {
             stats: ShardStats::new(&state.registry),
+            metrics: ShardMetrics::new(&state.registry),
             state,
             draining: Cell::new(false),
             date: Cell::new(http_date(SystemTime::now())),
         }
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &ServiceState {
+        &self.state
     }
 
     /// Turns readiness to 503; responses from now on close their connections.
@@ -148,13 +195,23 @@ impl ShardService {
         self.date.get()
     }
 
-    /// This shard's statistics.
+    /// This shard's Triton statistics.
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    /// This shard's metrics.
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    /// This shard's statistics, to merge with other shards'.
     pub fn stats_snapshot(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
 
-    /// Handles one request, writing its response into `resp` unless it needs other shards.
-    pub fn handle(&self, req: &Request<'_>, resp: &mut Responder<'_>) -> Action {
+    /// Handles one request, writing its response into `resp` unless the runtime has more to do.
+    pub fn handle<'r>(&self, req: &Request<'r>, resp: &mut Responder<'_>) -> Action<'r> {
         match self.dispatch(req, resp) {
             Ok(action) => action,
             Err(e) => {
@@ -164,7 +221,7 @@ impl ShardService {
         }
     }
 
-    fn dispatch(&self, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<Action, ApiError> {
+    fn dispatch<'r>(&self, req: &Request<'r>, resp: &mut Responder<'_>) -> Result<Action<'r>, ApiError> {
         let route = protocol::route(if req.path.is_empty() { "/" } else { req.path });
         let wants_post = matches!(
             route,
@@ -179,10 +236,7 @@ impl ShardService {
             Method::Other => false,
         };
         if route == Route::NotFound {
-            return Err(ApiError::not_found(format!(
-                "no such endpoint: {}",
-                req.path
-            )));
+            return Err(ApiError::not_found(format!("no such endpoint: {}", req.path)));
         }
         if !method_ok {
             return Err(ApiError::new(
@@ -201,7 +255,8 @@ impl ShardService {
                 resp.json(if ready { 200 } else { 503 }, &json!({ "ready": ready }));
             }
             Route::ServerMetadata => resp.bytes(200, JSON, &self.state.server_metadata),
-            Route::AllStats => return Ok(Action::GatherStats(StatsQuery { only: None })),
+            Route::AllStats => return Ok(Action::Gather(Gather::Stats { only: None })),
+            Route::Metrics => return Ok(Action::Gather(Gather::Metrics)),
             Route::Model {
                 name,
                 version,
@@ -214,11 +269,34 @@ impl ShardService {
                     ModelAction::Ready => resp.bytes(200, JSON, &docs.ready),
                     ModelAction::Config => resp.bytes(200, JSON, &docs.config),
                     ModelAction::Stats => {
-                        return Ok(Action::GatherStats(StatsQuery {
+                        return Ok(Action::Gather(Gather::Stats {
                             only: Some(entry.index),
                         }))
                     }
-                    ModelAction::Infer => self.infer(entry, req, resp),
+                    ModelAction::Infer => {
+                        let decoded = protocol::decode_infer_request(
+                            entry.model.metadata(),
+                            req.body,
+                            req.inference_header,
+                        )
+                        .and_then(|request| {
+                            let level = entry.serving.level(request.priority)?;
+                            Ok(InferJob {
+                                model: entry.index,
+                                request,
+                                received: req.received,
+                                decoded: Instant::now(),
+                                level,
+                            })
+                        });
+                        return match decoded {
+                            Ok(job) => Ok(Action::Infer(job)),
+                            Err(e) => {
+                                self.record_failure(entry.index, req.received, &e);
+                                Err(e)
+                            }
+                        };
+                    }
                 }
             }
             Route::NotFound => unreachable!("answered 404 above"),
@@ -226,62 +304,77 @@ impl ShardService {
         Ok(Action::Done)
     }
 
-    fn infer(&self, entry: &ModelEntry, req: &Request<'_>, resp: &mut Responder<'_>) {
-        match self.run_infer(entry, req, resp) {
-            Ok(()) => {}
+    /// Answers an infer request: encodes its outputs if its batch ran, or its error.
+    pub fn finish_infer(&self, job: &InferJob<'_>, ran: Result<Ran<'_>, ApiError>, resp: &mut Responder<'_>) {
+        let entry = &self.state.registry.entries()[job.model];
+        let ran = match ran {
+            Ok(ran) => ran,
             Err(e) => {
-                self.stats
-                    .record_failure(entry.index, req.received, Instant::now());
+                self.record_failure(job.model, job.received, &e);
                 resp.error(&e);
+                return;
             }
-        }
-    }
-
-    fn run_infer(
-        &self,
-        entry: &ModelEntry,
-        req: &Request<'_>,
-        resp: &mut Responder<'_>,
-    ) -> Result<(), ApiError> {
-        let meta = entry.model.metadata();
-        let decoded = protocol::decode_infer_request(meta, req.body, req.inference_header)?;
-        let infer_start = Instant::now();
-        // A model must not panic, but a panic must not take the shard down with it either.
-        let outputs = catch_unwind(AssertUnwindSafe(|| entry.model.infer(&decoded.inputs)))
-            .map_err(|_| ApiError::internal(format!("model '{}' panicked", meta.name)))?
-            .map_err(|e| ApiError::internal(format!("model '{}' failed: {e}", meta.name)))?;
-        let infer_end = Instant::now();
-        let tails = protocol::encode_infer_response(
-            meta,
+        };
+        let encode_start = Instant::now();
+        let encoded = protocol::encode_infer_response(
+            entry.model.metadata(),
             &entry.version,
-            &decoded,
-            &outputs,
+            &job.request,
+            ran.outputs,
             resp.scratch(),
-        )?;
-        let encoded = Instant::now();
+        );
+        let tails = match encoded {
+            Ok(tails) => tails,
+            Err(e) => {
+                self.record_failure(job.model, job.received, &e);
+                resp.error(&e);
+                return;
+            }
+        };
         resp.send_scratch(200, &tails);
+        let encoded = Instant::now();
         self.stats.record_success(
-            entry.index,
-            decoded.batch_size,
+            job.model,
+            job.request.batch_size,
             &RequestTimes {
-                received: req.received,
-                decoded: infer_start,
-                infer_start,
-                infer_end,
+                received: job.received,
+                decoded: job.decoded,
+                dispatched: ran.dispatched,
+                infer_start: ran.infer_start,
+                infer_end: ran.infer_end,
+                encode_start,
                 encoded,
             },
         );
-        Ok(())
+        let m = self.metrics.model(job.model);
+        m.request_nanos((encoded - job.received).as_nanos() as u64);
+        m.queue_nanos(ran.dispatched.saturating_duration_since(job.decoded).as_nanos() as u64);
+        m.outcome(Outcome::Success);
     }
 
-    /// Answers a statistics request with `merged` (every shard's snapshot, merged).
-    pub fn answer_stats(
-        &self,
-        query: StatsQuery,
-        merged: &StatsSnapshot,
-        resp: &mut Responder<'_>,
-    ) {
-        let doc = render_stats(&self.state.registry, merged, query.only);
+    /// Counts a request whose client left before its batch formed (nobody gets an answer).
+    pub fn record_cancelled(&self, model: usize) {
+        self.metrics.model(model).outcome(Outcome::Cancelled);
+    }
+
+    fn record_failure(&self, model: usize, received: Instant, e: &ApiError) {
+        self.stats.record_failure(model, received, Instant::now());
+        self.metrics.model(model).outcome(match e.kind {
+            ErrorKind::Overloaded => Outcome::Rejected,
+            ErrorKind::TimedOut => Outcome::Timeout,
+            _ => Outcome::Failure,
+        });
+    }
+
+    /// Answers a statistics request with `merged` (every shard's statistics, merged).
+    pub fn answer_stats(&self, only: Option<usize>, merged: &StatsSnapshot, resp: &mut Responder<'_>) {
+        let doc = render_stats(&self.state.registry, merged, only);
         resp.bytes(200, JSON, &doc);
+    }
+
+    /// Answers `GET /metrics` with every shard's metrics.
+    pub fn answer_metrics(&self, shards: &[ShardMetricsSnapshot], resp: &mut Responder<'_>) {
+        let text = metrics::render(&self.state.registry, shards);
+        resp.bytes(200, PROMETHEUS_TEXT, text.as_bytes());
     }
 }

@@ -7,10 +7,14 @@
 //!
 //! Phases of one request, as Triton defines them and as friday measures them:
 //! - `compute_input`: from the request's bytes being read to its tensors decoded and checked;
-//! - `queue`: from decoded to the model starting (the batcher's wait, later);
-//! - `compute_infer`: the model;
+//! - `queue`: from decoded to its batch being dispatched (the batcher's wait);
+//! - `compute_infer`: the model's time on the batch the request ran in;
 //! - `compute_output`: encoding the response;
 //! - `success`: the whole request, read to encoded.
+//!
+//! `inference_count` counts items (batch rows) and `execution_count` counts model executions
+//! (batches), so with batching the second is smaller; `batch_stats` has one entry per batch size
+//! that ran, counting executions.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,13 +70,17 @@ struct ModelCells {
 pub struct RequestTimes {
     /// The request's bytes were read.
     pub received: Instant,
-    /// Its tensors were decoded and checked.
+    /// Its tensors were decoded and checked (and it was queued).
     pub decoded: Instant,
-    /// The model started.
+    /// Its batch left the queue.
+    pub dispatched: Instant,
+    /// The model started on its batch.
     pub infer_start: Instant,
-    /// The model finished.
+    /// The model finished its batch.
     pub infer_end: Instant,
-    /// The response was encoded.
+    /// Encoding its response started.
+    pub encode_start: Instant,
+    /// Its response was encoded.
     pub encoded: Instant,
 }
 
@@ -107,26 +115,29 @@ impl ShardStats {
         }
     }
 
-    /// Records a successful request of `batch` items to model `index`.
-    pub fn record_success(&self, index: usize, batch: usize, t: &RequestTimes) {
+    /// Records a successful request of `items` items to model `index`.
+    pub fn record_success(&self, index: usize, items: usize, t: &RequestTimes) {
         let m = &self.models[index];
-        let input = t.decoded - t.received;
-        let infer = t.infer_end - t.infer_start;
-        let output = t.encoded - t.infer_end;
         m.success.add(t.encoded - t.received);
-        m.queue.add(t.infer_start - t.decoded);
-        m.compute_input.add(input);
-        m.compute_infer.add(infer);
-        m.compute_output.add(output);
-        m.inference_count
-            .set(m.inference_count.get() + batch as u64);
-        m.execution_count.set(m.execution_count.get() + 1);
+        m.queue.add(t.dispatched.saturating_duration_since(t.decoded));
+        m.compute_input.add(t.decoded - t.received);
+        m.compute_infer.add(t.infer_end - t.infer_start);
+        m.compute_output.add(t.encoded - t.encode_start);
+        m.inference_count.set(m.inference_count.get() + items as u64);
         m.last_inference_ms
             .set(self.epoch_unix_ms + (t.infer_end - self.epoch).as_millis() as u64);
-        if let Some(b) = m.batches.get(batch) {
+    }
+
+    /// Records one execution of model `index` on a batch of `items`: joining its inputs took
+    /// `input`, the model `infer`.
+    pub fn record_execution(&self, index: usize, items: usize, input: Duration, infer: Duration) {
+        let m = &self.models[index];
+        m.execution_count.set(m.execution_count.get() + 1);
+        if let Some(b) = m.batches.get(items) {
             b.compute_input.add(input);
             b.compute_infer.add(infer);
-            b.compute_output.add(output);
+            // Outputs are not copied per batch: each request encodes its rows from the batch.
+            b.compute_output.add(Duration::ZERO);
         }
     }
 
@@ -339,8 +350,10 @@ mod tests {
         RequestTimes {
             received: at(0),
             decoded: at(1),
+            dispatched: at(2),
             infer_start: at(2),
             infer_end: at(3),
+            encode_start: at(3),
             encoded: at(4),
         }
     }
@@ -351,7 +364,9 @@ mod tests {
         let a = ShardStats::new(&registry);
         let b = ShardStats::new(&registry);
         a.record_success(0, 2, &times([0, 1, 1, 4, 5]));
+        a.record_execution(0, 2, Duration::ZERO, Duration::from_millis(3));
         b.record_success(0, 1, &times([0, 2, 3, 4, 6]));
+        b.record_execution(0, 1, Duration::ZERO, Duration::from_millis(1));
         let now = Instant::now();
         b.record_failure(1, now, now + Duration::from_millis(1));
 

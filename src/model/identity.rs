@@ -19,12 +19,17 @@ pub struct Identity {
 impl Identity {
     /// `identity` as friday serves it by default.
     pub fn new() -> Self {
+        Self::with_max_batch_size(IDENTITY_MAX_BATCH_SIZE)
+    }
+
+    /// `identity` taking batches of at most `max_batch_size` items (0: no batch dimension).
+    pub fn with_max_batch_size(max_batch_size: usize) -> Self {
         Identity {
             metadata: ModelMetadata {
                 name: "identity".into(),
                 platform: "friday_builtin".into(),
                 backend: "identity".into(),
-                max_batch_size: IDENTITY_MAX_BATCH_SIZE,
+                max_batch_size,
                 inputs: vec![TensorSpec::new("INPUT0", DataType::Fp32, &[-1])],
                 outputs: vec![TensorSpec::new("OUTPUT0", DataType::Fp32, &[-1])],
             },

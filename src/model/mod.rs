@@ -9,12 +9,14 @@
 mod identity;
 mod registry;
 mod simple;
+mod synthetic;
 
 use smallvec::SmallVec;
 
 pub use identity::Identity;
-pub use registry::{ModelEntry, ModelRegistry};
+pub use registry::{ModelEntry, ModelRegistry, Serving};
 pub use simple::Simple;
+pub use synthetic::Synthetic;
 
 use crate::tensor::{DataType, Tensor};
 

@@ -1,25 +1,92 @@
-//! The registry: which models this server serves, under which versions.
+//! The registry: which models this server serves, under which versions, and how each is
+//! served (batching policy, placement, timeouts).
 //!
-//! Built once at startup and shared read-only by every shard. For now friday serves its built-in
-//! repository (`identity`, `simple`); reading a Triton-layout repository from disk is a later step.
+//! Built once at startup and shared read-only by every shard. friday serves its built-in
+//! repository (`identity`, `simple`, `synthetic`), each tuned by its `[models.<name>]` section;
+//! reading a Triton-layout repository from disk is a later step.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Identity, Model, Simple};
-use crate::config::Config;
+use super::{Identity, Model, Simple, Synthetic};
+use crate::batch::PolicyConfig;
+use crate::config::{Config, DynamicBatching, ModelSettings, Placement};
 use crate::error::{ApiError, StartupError};
 
 /// The version every built-in model is served under.
 pub const BUILTIN_VERSION: &str = "1";
 
+/// How one model is served: its batching policy, where its batches run, its queue defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serving {
+    /// The batch policy the shard's batcher applies.
+    pub policy: PolicyConfig,
+    /// Where batches run.
+    pub placement: Placement,
+    /// Queue timeout for requests without a `timeout` parameter.
+    pub default_timeout: Option<Duration>,
+    /// Queue level (0-based) for requests without a `priority` parameter.
+    pub default_level: usize,
+    /// The dynamic batching settings as configured (rendered in the model configuration).
+    pub dynamic_batching: DynamicBatching,
+}
+
+impl Serving {
+    /// Serving settings for `model` from its `[models.<name>]` section.
+    pub fn new(model: &dyn Model, settings: &ModelSettings, default_placement: Placement) -> Self {
+        let b = settings.dynamic_batching.clone().unwrap_or_default();
+        let max_batch = model.metadata().max_batch_size.max(1);
+        let mut preferred: Vec<usize> = b
+            .preferred_batch_size
+            .iter()
+            .copied()
+            .filter(|&p| p >= 1 && p <= max_batch)
+            .collect();
+        preferred.sort_unstable();
+        preferred.dedup();
+        Serving {
+            policy: PolicyConfig {
+                max_batch_size: max_batch,
+                max_queue_delay: Duration::from_micros(b.max_queue_delay_microseconds),
+                preferred_batch_sizes: preferred,
+                max_queue_size: b.max_queue_size.max(1),
+                priority_levels: b.priority_levels.max(1) as usize,
+            },
+            placement: settings.placement.unwrap_or(default_placement),
+            default_timeout: (b.default_timeout_microseconds > 0)
+                .then(|| Duration::from_micros(b.default_timeout_microseconds)),
+            default_level: b.default_priority_level.saturating_sub(1) as usize,
+            dynamic_batching: b,
+        }
+    }
+
+    /// The queue level (0-based) for a request's `priority` parameter (Triton: 1 is highest,
+    /// 0 or absent means the default level).
+    pub fn level(&self, priority: Option<u64>) -> Result<usize, ApiError> {
+        let levels = self.dynamic_batching.priority_levels as u64;
+        match priority {
+            None | Some(0) => Ok(self.default_level),
+            Some(p) if levels == 0 => Err(ApiError::invalid(format!(
+                "priority {p} was requested but the model has no priority levels"
+            ))),
+            Some(p) if p > levels => Err(ApiError::invalid(format!(
+                "priority {p} is outside 1..={levels} (the model's priority_levels)"
+            ))),
+            Some(p) => Ok(p as usize - 1),
+        }
+    }
+}
+
 /// One served model version.
 pub struct ModelEntry {
-    /// Position in the registry; indexes per-shard statistics.
+    /// Position in the registry; indexes per-shard statistics and batchers.
     pub index: usize,
     /// Version label, as in `/versions/{v}`.
     pub version: String,
     /// The model.
     pub model: Arc<dyn Model>,
+    /// How it is served.
+    pub serving: Serving,
 }
 
 impl std::fmt::Debug for ModelEntry {
@@ -38,42 +105,94 @@ impl ModelEntry {
     }
 }
 
+/// Placement of the built-in models that take microseconds (identity, simple).
+pub const DEFAULT_PLACEMENT_LIGHT: Placement = Placement::Inline;
+/// Placement of the built-in model that takes milliseconds (synthetic).
+pub const DEFAULT_PLACEMENT_HEAVY: Placement = Placement::Worker;
+
 /// The models this server serves.
 pub struct ModelRegistry {
     entries: Vec<ModelEntry>,
 }
 
 impl ModelRegistry {
-    /// The built-in repository: `identity` and `simple`, version 1.
+    /// The built-in repository with default settings.
     pub fn builtin() -> Self {
-        Self::from_models(vec![Arc::new(Identity::new()), Arc::new(Simple::new())])
+        Self::from_config(&Config::default()).expect("the default config builds the built-ins")
     }
 
-    /// A registry of `models`, each at [`BUILTIN_VERSION`].
-    pub fn from_models(models: Vec<Arc<dyn Model>>) -> Self {
+    /// A registry of `models` at [`BUILTIN_VERSION`], each served with default settings and
+    /// `placement`.
+    pub fn from_models(models: Vec<Arc<dyn Model>>, placement: Placement) -> Self {
         let entries = models
             .into_iter()
             .enumerate()
             .map(|(index, model)| ModelEntry {
                 index,
                 version: BUILTIN_VERSION.to_string(),
+                serving: Serving::new(model.as_ref(), &ModelSettings::default(), placement),
                 model,
             })
             .collect();
         ModelRegistry { entries }
     }
 
-    /// The registry the config asks for.
+    /// The registry the config asks for: the built-in models, tuned by `[models.<name>]`.
     pub fn from_config(config: &Config) -> Result<Self, StartupError> {
-        match &config.model_repository {
-            None => Ok(Self::builtin()),
-            Some(dir) => Err(StartupError::new(format!(
+        if let Some(dir) = &config.model_repository {
+            return Err(StartupError::new(format!(
                 "--model-repository {}: this build serves only the built-in repository \
-                 (identity, simple); reading models from disk is not implemented yet. \
-                 Leave --model-repository unset",
+                 (identity, simple, synthetic); reading models from disk is not implemented \
+                 yet. Leave --model-repository unset",
                 dir.display()
-            ))),
+            )));
         }
+        let identity = config.model("identity");
+        let simple = config.model("simple");
+        let synthetic = config.model("synthetic");
+        let defaults = Synthetic::default();
+        let models: Vec<(Arc<dyn Model>, ModelSettings, Placement)> = vec![
+            (
+                Arc::new(Identity::with_max_batch_size(
+                    identity.max_batch_size.unwrap_or(super::identity::IDENTITY_MAX_BATCH_SIZE),
+                )),
+                identity,
+                DEFAULT_PLACEMENT_LIGHT,
+            ),
+            (
+                Arc::new(Simple::with_max_batch_size(
+                    simple.max_batch_size.unwrap_or(super::simple::SIMPLE_MAX_BATCH_SIZE),
+                )),
+                simple,
+                DEFAULT_PLACEMENT_LIGHT,
+            ),
+            (
+                Arc::new(Synthetic::new(
+                    synthetic
+                        .cost_per_batch_us
+                        .unwrap_or(super::synthetic::DEFAULT_COST_PER_BATCH_US),
+                    synthetic
+                        .cost_per_item_us
+                        .unwrap_or(super::synthetic::DEFAULT_COST_PER_ITEM_US),
+                    synthetic
+                        .max_batch_size
+                        .unwrap_or(defaults.metadata().max_batch_size),
+                )),
+                synthetic,
+                DEFAULT_PLACEMENT_HEAVY,
+            ),
+        ];
+        let entries = models
+            .into_iter()
+            .enumerate()
+            .map(|(index, (model, settings, placement))| ModelEntry {
+                index,
+                version: BUILTIN_VERSION.to_string(),
+                serving: Serving::new(model.as_ref(), &settings, placement),
+                model,
+            })
+            .collect();
+        Ok(ModelRegistry { entries })
     }
 
     /// Every served model version, in registry order.
@@ -106,10 +225,44 @@ mod tests {
     fn looks_up_names_and_versions() {
         let r = ModelRegistry::builtin();
         assert_eq!(r.lookup("identity", None).unwrap().name(), "identity");
+        assert_eq!(r.lookup("synthetic", None).unwrap().index, 2);
         assert_eq!(r.lookup("simple", Some("1")).unwrap().index, 1);
         assert_eq!(r.lookup("nope", None).unwrap_err().status(), 404);
         let e = r.lookup("identity", Some("2")).unwrap_err();
         assert_eq!(e.status(), 404);
         assert!(e.message.contains("version '2'"));
+    }
+}
+
+#[cfg(test)]
+mod serving_tests {
+    use super::*;
+
+    #[test]
+    fn settings_reach_the_policy() {
+        let config = Config::from_toml(
+            "[models.synthetic]\nmax_batch_size = 16\nplacement = \"inline\"\ncost_per_batch_us = 7\n\
+             [models.synthetic.dynamic_batching]\nmax_queue_delay_microseconds = 250\n\
+             preferred_batch_size = [8, 4]\nmax_queue_size = 9\ndefault_timeout_microseconds = 300\n\
+             priority_levels = 3\ndefault_priority_level = 2\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let r = ModelRegistry::from_config(&config).unwrap();
+        let s = &r.lookup("synthetic", None).unwrap().serving;
+        assert_eq!(s.policy.max_batch_size, 16);
+        assert_eq!(s.policy.max_queue_delay, Duration::from_micros(250));
+        assert_eq!(s.policy.preferred_batch_sizes, vec![4, 8]);
+        assert_eq!(s.policy.max_queue_size, 9);
+        assert_eq!(s.policy.priority_levels, 3);
+        assert_eq!(s.placement, Placement::Inline);
+        assert_eq!(s.default_timeout, Some(Duration::from_micros(300)));
+        assert_eq!(s.level(None).unwrap(), 1);
+        assert_eq!(s.level(Some(1)).unwrap(), 0);
+        assert_eq!(s.level(Some(4)).unwrap_err().status(), 400);
+        let identity = &r.lookup("identity", None).unwrap().serving;
+        assert_eq!(identity.policy.max_batch_size, 64);
+        assert!(identity.policy.max_queue_delay.is_zero());
+        assert_eq!(identity.level(Some(1)).unwrap_err().status(), 400);
     }
 }

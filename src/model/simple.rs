@@ -20,12 +20,17 @@ pub struct Simple {
 impl Simple {
     /// `simple` as friday serves it by default.
     pub fn new() -> Self {
+        Self::with_max_batch_size(SIMPLE_MAX_BATCH_SIZE)
+    }
+
+    /// `simple` taking batches of at most `max_batch_size` items (0: no batch dimension).
+    pub fn with_max_batch_size(max_batch_size: usize) -> Self {
         Simple {
             metadata: ModelMetadata {
                 name: "simple".into(),
                 platform: "friday_builtin".into(),
                 backend: "simple".into(),
-                max_batch_size: SIMPLE_MAX_BATCH_SIZE,
+                max_batch_size,
                 inputs: vec![
                     TensorSpec::new("INPUT0", DataType::Int32, &[16]),
                     TensorSpec::new("INPUT1", DataType::Int32, &[16]),

@@ -38,6 +38,10 @@ pub struct InferRequest<'a> {
     pub outputs: SmallVec<[OutputChoice; 2]>,
     /// Batch size: the first dimension for batched models, 1 otherwise.
     pub batch_size: usize,
+    /// The `priority` parameter (schedule_policy extension; 1 is highest, 0 the default).
+    pub priority: Option<u64>,
+    /// The `timeout` parameter in microseconds (schedule_policy extension).
+    pub timeout_us: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +62,10 @@ struct RawRequest<'a> {
 struct RequestParameters {
     #[serde(default)]
     binary_data_output: Option<bool>,
+    #[serde(default)]
+    priority: Option<u64>,
+    #[serde(default)]
+    timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -123,11 +131,8 @@ pub fn decode_infer_request<'a>(
     };
     let raw: RawRequest<'a> = serde_json::from_slice(json)
         .map_err(|e| ApiError::invalid(format!("failed to parse the request JSON: {e}")))?;
-    let binary_default = raw
-        .parameters
-        .as_ref()
-        .and_then(|p| p.binary_data_output)
-        .unwrap_or(false);
+    let params = raw.parameters.unwrap_or_default();
+    let binary_default = params.binary_data_output.unwrap_or(false);
 
     let mut slots: SmallVec<[Option<Tensor<'a>>; 2]> = SmallVec::new();
     slots.resize(meta.inputs.len(), None);
@@ -226,6 +231,8 @@ pub fn decode_infer_request<'a>(
         inputs,
         outputs,
         batch_size,
+        priority: params.priority,
+        timeout_us: params.timeout,
     })
 }
 
@@ -493,6 +500,8 @@ fn raw_request<'a>(
             })
             .collect(),
         batch_size: 1,
+        priority: None,
+        timeout_us: None,
     }
 }
 
@@ -542,6 +551,22 @@ mod tests {
                 binary: false
             }]
         );
+    }
+
+    #[test]
+    fn schedule_parameters_are_read() {
+        let r = json(
+            &identity(),
+            r#"{"parameters":{"priority":2,"timeout":1500,"other":"x"},"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.priority, Some(2));
+        assert_eq!(r.timeout_us, Some(1500));
+        let e = err(
+            &identity(),
+            r#"{"parameters":{"timeout":-1},"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1]}]}"#,
+        );
+        assert!(e.contains("-1"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::model::{ModelMetadata, TensorSpec};
+use crate::model::{ModelMetadata, Serving, TensorSpec};
 
 /// The protocol extensions friday implements, as `GET /v2` lists them. Only what works is listed.
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
@@ -83,8 +83,22 @@ pub fn model_ready(name: &str) -> Vec<u8> {
 }
 
 /// `GET …/config`: Triton's model configuration as JSON (the fields of config.pbtxt that describe
-/// a model served by friday), with Triton's field names.
-pub fn model_config(meta: &ModelMetadata) -> Vec<u8> {
+/// a model served by friday), with Triton's field names, including its `dynamic_batching`.
+pub fn model_config(meta: &ModelMetadata, serving: &Serving) -> Vec<u8> {
+    let b = &serving.dynamic_batching;
+    let dynamic_batching = json!({
+        "preferred_batch_size": serving.policy.preferred_batch_sizes,
+        "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+        "preserve_ordering": false,
+        "priority_levels": b.priority_levels,
+        "default_priority_level": b.default_priority_level,
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": b.default_timeout_microseconds,
+            "allow_timeout_override": true,
+            "max_queue_size": serving.policy.max_queue_size,
+        },
+    });
     let input: Vec<_> = meta
         .inputs
         .iter()
@@ -119,6 +133,7 @@ pub fn model_config(meta: &ModelMetadata) -> Vec<u8> {
         "backend": meta.backend,
         "version_policy": { "latest": { "num_versions": 1 } },
         "max_batch_size": meta.max_batch_size,
+        "dynamic_batching": dynamic_batching,
         "input": input,
         "output": output,
         "batch_input": [],
@@ -130,7 +145,7 @@ pub fn model_config(meta: &ModelMetadata) -> Vec<u8> {
             "gpus": [],
         }],
         "default_model_filename": "",
-        "parameters": {},
+        "parameters": { "placement": { "string_value": serving.placement.to_string() } },
         "model_warmup": [],
     }))
     .expect("json! value serializes")
@@ -155,8 +170,12 @@ mod tests {
 
     #[test]
     fn config_has_tritons_names() {
+        let registry = crate::model::ModelRegistry::builtin();
+        let simple = registry.lookup("simple", None).unwrap();
         let v: serde_json::Value =
-            serde_json::from_slice(&model_config(Simple::new().metadata())).unwrap();
+            serde_json::from_slice(&model_config(Simple::new().metadata(), &simple.serving)).unwrap();
+        assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 0);
+        assert_eq!(v["dynamic_batching"]["default_queue_policy"]["max_queue_size"], 1024);
         assert_eq!(v["max_batch_size"], 8);
         assert_eq!(v["input"][1]["name"], "INPUT1");
         assert_eq!(v["input"][1]["data_type"], "TYPE_INT32");

@@ -26,6 +26,8 @@ pub enum Route<'p> {
     ServerMetadata,
     /// `GET /v2/models/stats`: statistics for every model.
     AllStats,
+    /// `GET /metrics`: Prometheus metrics.
+    Metrics,
     /// A model-scoped path.
     Model {
         /// Model name.
@@ -42,6 +44,9 @@ pub enum Route<'p> {
 /// Parses a request path (without query string).
 pub fn route(path: &str) -> Route<'_> {
     let path = path.strip_suffix('/').unwrap_or(path);
+    if path == "/metrics" {
+        return Route::Metrics;
+    }
     let mut parts = path.split('/');
     if parts.next() != Some("") || parts.next() != Some("v2") {
         return Route::NotFound;
@@ -96,6 +101,7 @@ mod tests {
         assert_eq!(route("/v2/health/live"), Route::HealthLive);
         assert_eq!(route("/v2/health/ready"), Route::HealthReady);
         assert_eq!(route("/v2/models/stats"), Route::AllStats);
+        assert_eq!(route("/metrics"), Route::Metrics);
         assert_eq!(
             route("/v2/models/m"),
             model("m", None, ModelAction::Metadata)

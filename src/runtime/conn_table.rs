@@ -4,7 +4,9 @@
 //! body, busy answering, waiting for the client to take a response) and since when. Instead of a timer per read, one housekeeping task
 //! sweeps the table a few times a second and shuts down the sockets that overstayed; the blocked
 //! read then returns end-of-file and the connection task ends itself. A drain shuts down the read
-//! side of idle connections the same way. The request path pays one `Cell` write per phase change.
+//! side of idle connections the same way. The same sweep notices busy connections whose client
+//! has hung up (one `poll` for all of them), so their queued requests are dropped before they are
+//! batched. The request path pays one `Cell` write per phase change.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -34,9 +36,15 @@ pub(crate) struct ConnState {
     phase: Cell<Phase>,
     since: Cell<Instant>,
     shut: Cell<bool>,
+    gone: Cell<bool>,
 }
 
 impl ConnState {
+    /// Whether the client has hung up (seen by the last sweep).
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.get()
+    }
+
     /// Records the phase; `at` is when it started. A head keeps its first timestamp, so trickling
     /// bytes cannot extend the header timeout.
     pub(crate) fn enter(&self, phase: Phase, at: Instant) {
@@ -60,6 +68,7 @@ pub(crate) struct Timeouts {
 pub(crate) struct ConnTable {
     slots: RefCell<Slab<Rc<ConnState>>>,
     limit: usize,
+    accepted: Cell<u64>,
 }
 
 /// A registered connection; dropping it removes the entry.
@@ -91,6 +100,7 @@ impl ConnTable {
         Rc::new(ConnTable {
             slots: RefCell::new(Slab::with_capacity(limit.min(1024))),
             limit,
+            accepted: Cell::new(0),
         })
     }
 
@@ -105,8 +115,10 @@ impl ConnTable {
             phase: Cell::new(Phase::Idle),
             since: Cell::new(now),
             shut: Cell::new(false),
+            gone: Cell::new(false),
         });
         let key = slots.insert(state.clone());
+        self.accepted.set(self.accepted.get() + 1);
         Some(ConnHandle {
             table: self.clone(),
             key,
@@ -117,6 +129,44 @@ impl ConnTable {
     /// Open connections.
     pub(crate) fn len(&self) -> usize {
         self.slots.borrow().len()
+    }
+
+    /// Connections accepted since start.
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.get()
+    }
+
+    /// Marks busy connections whose client hung up (closed, reset, or shut its sending side), in
+    /// one `poll` call for all of them.
+    pub(crate) fn detect_gone(&self) {
+        let slots = self.slots.borrow();
+        let busy: Vec<&Rc<ConnState>> = slots
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.phase.get() == Phase::Busy && !c.gone.get())
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = busy
+            .iter()
+            .map(|c| libc::pollfd {
+                fd: c.fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds; timeout 0 never blocks. Every fd
+        // belongs to a live connection (see `sweep`).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        if n <= 0 {
+            return;
+        }
+        for (c, p) in busy.iter().zip(&fds) {
+            if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                c.gone.set(true);
+            }
+        }
     }
 
     /// Shuts down connections that overstayed their phase, and, when `draining`, idle ones.
@@ -164,6 +214,22 @@ mod tests {
         drop(a);
         assert_eq!(t.len(), 1);
         assert!(t.register(-1, now).is_some());
+    }
+
+    #[test]
+    fn detects_clients_that_hung_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let t = ConnTable::new(4);
+        let c = t.register(std::os::fd::AsRawFd::as_raw_fd(&server), Instant::now()).unwrap();
+        c.state.enter(Phase::Busy, Instant::now());
+        t.detect_gone();
+        assert!(!c.state.is_gone());
+        drop(client);
+        std::thread::sleep(Duration::from_millis(20));
+        t.detect_gone();
+        assert!(c.state.is_gone());
     }
 
     #[test]

@@ -20,12 +20,15 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use super::batcher::Outcome;
 use super::buffers::RETAIN_MAX_BYTES;
-use super::conn_table::{ConnHandle, Phase};
+use super::conn_table::{ConnHandle, ConnState, Phase};
+use super::mesh::{Snapshot, SnapshotSource};
 use super::shard::Shard;
 use crate::error::ApiError;
 use crate::http::{Body, Decoded, Method, RequestDecoder, Responder, ResponseMode, CONTINUE_100};
-use crate::service::{Action, Request};
+use crate::service::{Action, Gather, InferJob, Ran, Request};
+use crate::stats::StatsSnapshot;
 
 /// Flush the output buffer mid-pipeline once it holds this much.
 const FLUSH_THRESHOLD_BYTES: usize = 64 << 10;
@@ -243,31 +246,38 @@ async fn run(
             };
             let mark = write.len();
             let date = shard.service.date();
-            let mut resp = Responder::new(write, scratch, &date, mode);
-            let handled = catch_unwind(AssertUnwindSafe(|| {
-                shard.service.handle(&request, &mut resp)
-            }));
-            let keep_open = match handled {
-                Ok(Action::Done) => resp.keep_alive(),
-                Ok(Action::GatherStats(query)) => {
-                    match shard.mesh.gather_stats(&shard.service).await {
-                        Ok(merged) => shard.service.answer_stats(query, &merged, &mut resp),
-                        Err(e) => resp.error(&e),
+            // Scoped so that everything borrowing the request's bytes ends here.
+            let (keep_open, client_gone) = {
+                let mut resp = Responder::new(write, scratch, &date, mode);
+                let handled = catch_unwind(AssertUnwindSafe(|| {
+                    shard.service.handle(&request, &mut resp)
+                }));
+                match handled {
+                    Ok(Action::Done) => (resp.keep_alive(), false),
+                    Ok(Action::Gather(what)) => {
+                        gather(shard, what, &mut resp).await;
+                        (resp.keep_alive(), false)
                     }
-                    resp.keep_alive()
-                }
-                Err(_) => {
-                    // `resp` is not used past here, so `write` is ours again: drop whatever the
-                    // panicked handler had half-written.
-                    write.truncate(mark);
-                    internal_error(shard, write, scratch);
-                    false
+                    Ok(Action::Infer(mut job)) => {
+                        if infer(shard, &conn.state, &mut job, &mut resp).await {
+                            (resp.keep_alive(), false)
+                        } else {
+                            (false, true)
+                        }
+                    }
+                    Err(_) => {
+                        // `resp` is not used past here, so `write` is ours again: drop whatever
+                        // the panicked handler had half-written.
+                        write.truncate(mark);
+                        internal_error(shard, write, scratch);
+                        (false, false)
+                    }
                 }
             };
             let response_bytes = write.len() - mark;
             read.start += msg.consumed;
             if !keep_open {
-                close = Some(if head.keep_alive {
+                close = Some(if head.keep_alive && !client_gone {
                     Close::Server
                 } else {
                     Close::Client
@@ -304,6 +314,82 @@ async fn run(
         }
         read.end += n;
         received = Instant::now();
+    }
+}
+
+/// Answers a request that needs every shard's numbers.
+async fn gather(shard: &Shard, what: Gather, resp: &mut Responder<'_>) {
+    let all = match shard.mesh.gather(what, shard.snapshot(what)).await {
+        Ok(all) => all,
+        Err(e) => return resp.error(&e),
+    };
+    match what {
+        Gather::Stats { only } => {
+            let mut merged = StatsSnapshot::default();
+            for s in &all {
+                if let Snapshot::Stats(s) = s {
+                    merged.merge(s);
+                }
+            }
+            shard.service.answer_stats(only, &merged, resp);
+        }
+        Gather::Metrics => {
+            let shards: Vec<_> = all
+                .into_iter()
+                .filter_map(|s| match s {
+                    Snapshot::Metrics(m) => Some(m),
+                    Snapshot::Stats(_) => None,
+                })
+                .collect();
+            shard.service.answer_metrics(&shards, resp);
+        }
+    }
+}
+
+/// Runs an infer request through its model's batcher and answers it. Returns false when the
+/// client left before the request was batched: there is nobody to answer.
+async fn infer(
+    shard: &Shard,
+    conn: &Rc<ConnState>,
+    job: &mut InferJob<'_>,
+    resp: &mut Responder<'_>,
+) -> bool {
+    let batcher = &shard.batchers[job.model];
+    let ticket = match batcher.submit(job, conn) {
+        Ok(t) => t,
+        Err(e) => {
+            shard.service.finish_infer(job, Err(e), resp);
+            return true;
+        }
+    };
+    match ticket.await {
+        Outcome::Ran {
+            result,
+            index,
+            dispatched,
+            infer_start,
+            infer_end,
+        } => {
+            let outputs = result.view(index);
+            let ran = Ran {
+                outputs: &outputs,
+                dispatched,
+                infer_start,
+                infer_end,
+            };
+            shard.service.finish_infer(job, Ok(ran), resp);
+            drop(outputs);
+            batcher.recycle(result);
+            true
+        }
+        Outcome::Failed(e) => {
+            shard.service.finish_infer(job, Err(e), resp);
+            true
+        }
+        Outcome::Dropped => {
+            shard.service.record_cancelled(job.model);
+            false
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! - The control thread (signals) reaches each shard through a bounded crossbeam channel that the
 //!   shard's housekeeping task polls ([`ControlPlane`]); only [`ShardMsg::Drain`] travels there.
 //! - Shards reach each other through a glommio full mesh of bounded SPSC channels, created once at
-//!   startup ([`Mesh`]); only the statistics gather travels there.
+//!   startup ([`Mesh`]); only snapshot gathers (statistics, metrics) travel there.
 //!
 //! Nothing here is on the request path, and nothing here ever waits on a full channel: every
 //! mesh send is a `try_send`, so two shards can never deadlock replying to each other, and a
@@ -23,7 +23,8 @@ use glommio::sync::Semaphore;
 use glommio::TaskQueueHandle;
 
 use crate::error::ApiError;
-use crate::service::ShardService;
+use crate::metrics::ShardMetricsSnapshot;
+use crate::service::Gather;
 use crate::stats::StatsSnapshot;
 
 /// Capacity of each mesh channel.
@@ -44,20 +45,37 @@ pub enum ShardMsg {
         /// When the shard stops waiting for in-flight requests.
         deadline: Instant,
     },
-    /// Shard → peer: send me your statistics.
-    StatsRequest {
+    /// Shard → peer: send me your snapshot of `what`.
+    SnapshotRequest {
         /// The asking shard's mesh peer id.
         from: usize,
         /// Matches the reply to the gather.
         ticket: u64,
+        /// Statistics or metrics.
+        what: Gather,
     },
-    /// Peer → asking shard: its statistics.
-    StatsReply {
+    /// Peer → asking shard: its snapshot.
+    SnapshotReply {
         /// From the request.
         ticket: u64,
-        /// The peer's counters.
-        stats: StatsSnapshot,
+        /// The peer's numbers.
+        snapshot: Snapshot,
     },
+}
+
+/// One shard's numbers, as a gather collects them.
+#[derive(Debug)]
+pub enum Snapshot {
+    /// Triton statistics.
+    Stats(StatsSnapshot),
+    /// Prometheus metrics and gauges.
+    Metrics(ShardMetricsSnapshot),
+}
+
+/// What a shard can take snapshots of (implemented by the shard).
+pub(crate) trait SnapshotSource {
+    /// This shard's numbers for `what`.
+    fn snapshot(&self, what: Gather) -> Snapshot;
 }
 
 /// The control thread's handle on every shard.
@@ -87,19 +105,18 @@ impl ControlPlane {
 /// A shard's end of the mesh.
 pub(crate) struct Mesh {
     senders: Senders<ShardMsg>,
-    pending: RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+    pending: RefCell<HashMap<u64, LocalSender<Snapshot>>>,
     next_ticket: Cell<u64>,
     gathers: Semaphore,
 }
 
 impl Mesh {
-    /// Joins the mesh (waits until every shard has joined) and starts this shard's receive loops.
+    /// Joins the mesh (waits until every shard has joined). Start the receive loops with
+    /// [`Mesh::serve`] once the shard exists.
     pub(crate) async fn join(
         builder: MeshBuilder<ShardMsg, Full>,
-        service: Rc<ShardService>,
-        queue: TaskQueueHandle,
-    ) -> Result<Rc<Mesh>, String> {
-        let (senders, mut receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) = builder
+    ) -> Result<(Rc<Mesh>, Receivers<ShardMsg>), String> {
+        let (senders, receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) = builder
             .join()
             .await
             .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
@@ -109,13 +126,23 @@ impl Mesh {
             next_ticket: Cell::new(0),
             gathers: Semaphore::new(MAX_CONCURRENT_GATHERS),
         });
+        Ok((mesh, receivers))
+    }
+
+    /// Starts one receive loop per peer, answering with `source`'s snapshots.
+    pub(crate) fn serve(
+        self: &Rc<Self>,
+        mut receivers: Receivers<ShardMsg>,
+        source: Rc<dyn SnapshotSource>,
+        queue: TaskQueueHandle,
+    ) -> Result<(), String> {
         for (_, rx) in receivers.streams() {
-            let mesh = mesh.clone();
-            let service = service.clone();
+            let mesh = self.clone();
+            let source = source.clone();
             glommio::spawn_local_into(
                 async move {
                     while let Some(msg) = rx.recv().await {
-                        mesh.on_message(msg, &service).await;
+                        mesh.on_message(msg, source.as_ref());
                     }
                 },
                 queue,
@@ -123,24 +150,24 @@ impl Mesh {
             .map_err(|e| format!("cannot spawn a mesh receiver: {e}"))?
             .detach();
         }
-        Ok(mesh)
+        Ok(())
     }
 
-    async fn on_message(&self, msg: ShardMsg, service: &ShardService) {
+    fn on_message(&self, msg: ShardMsg, source: &dyn SnapshotSource) {
         match msg {
-            ShardMsg::StatsRequest { from, ticket } => {
-                let stats = service.stats_snapshot();
+            ShardMsg::SnapshotRequest { from, ticket, what } => {
+                let snapshot = source.snapshot(what);
                 // If the asker's channel is full or the asker has exited, drop the reply: the
                 // asker's gather times out rather than anyone waiting here.
                 let _ = self
                     .senders
-                    .try_send_to(from, ShardMsg::StatsReply { ticket, stats });
+                    .try_send_to(from, ShardMsg::SnapshotReply { ticket, snapshot });
             }
-            ShardMsg::StatsReply { ticket, stats } => {
+            ShardMsg::SnapshotReply { ticket, snapshot } => {
                 if let Some(tx) = self.pending.borrow().get(&ticket) {
                     // Sized for every peer: cannot be full. A late reply to a gather that timed
                     // out finds no entry and is dropped.
-                    let _ = tx.try_send(stats);
+                    let _ = tx.try_send(snapshot);
                 }
             }
             ShardMsg::Drain { .. } => {
@@ -149,23 +176,19 @@ impl Mesh {
         }
     }
 
-    /// This shard's statistics merged with every peer's.
-    pub(crate) async fn gather_stats(
-        &self,
-        service: &ShardService,
-    ) -> Result<StatsSnapshot, ApiError> {
+    /// Every shard's snapshot of `what`, this shard's (`local`) first.
+    pub(crate) async fn gather(&self, what: Gather, local: Snapshot) -> Result<Vec<Snapshot>, ApiError> {
         let _permit = self
             .gathers
             .acquire_permit(1)
             .await
             .map_err(|_| ApiError::unavailable("the shard is shutting down"))?;
         let me = self.senders.peer_id();
-        let peers = (0..self.senders.nr_consumers())
-            .filter(|&p| p != me)
-            .count();
-        let mut merged = service.stats_snapshot();
+        let peers = (0..self.senders.nr_consumers()).filter(|&p| p != me).count();
+        let mut all = Vec::with_capacity(peers + 1);
+        all.push(local);
         if peers == 0 {
-            return Ok(merged);
+            return Ok(all);
         }
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket.wrapping_add(1));
@@ -174,14 +197,14 @@ impl Mesh {
         let _pending = PendingGuard::new(&self.pending, ticket, tx);
         for p in (0..self.senders.nr_consumers()).filter(|&p| p != me) {
             self.senders
-                .try_send_to(p, ShardMsg::StatsRequest { from: me, ticket })
+                .try_send_to(p, ShardMsg::SnapshotRequest { from: me, ticket, what })
                 .map_err(|_| ApiError::unavailable("a shard is busy or shutting down; retry"))?;
         }
         let replies = glommio::timer::timeout(GATHER_TIMEOUT, async {
             let mut replies = Vec::with_capacity(peers);
             while replies.len() < peers {
                 match rx.recv().await {
-                    Some(stats) => replies.push(stats),
+                    Some(s) => replies.push(s),
                     None => break,
                 }
             }
@@ -190,25 +213,23 @@ impl Mesh {
         .await
         .ok()
         .filter(|r| r.len() == peers)
-        .ok_or_else(|| ApiError::unavailable("a shard did not report its statistics in time"))?;
-        for r in &replies {
-            merged.merge(r);
-        }
-        Ok(merged)
+        .ok_or_else(|| ApiError::unavailable("a shard did not report its numbers in time"))?;
+        all.extend(replies);
+        Ok(all)
     }
 }
 
 /// A pending gather's reply slot, removed from the table on drop.
 struct PendingGuard<'m> {
-    table: &'m RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+    table: &'m RefCell<HashMap<u64, LocalSender<Snapshot>>>,
     ticket: u64,
 }
 
 impl<'m> PendingGuard<'m> {
     fn new(
-        table: &'m RefCell<HashMap<u64, LocalSender<StatsSnapshot>>>,
+        table: &'m RefCell<HashMap<u64, LocalSender<Snapshot>>>,
         ticket: u64,
-        tx: LocalSender<StatsSnapshot>,
+        tx: LocalSender<Snapshot>,
     ) -> Self {
         table.borrow_mut().insert(ticket, tx);
         PendingGuard { table, ticket }

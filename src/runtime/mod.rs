@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `shard` | assembling, running and draining one shard |
 //! | `connection` | one connection's read → answer → write loop |
+//! | `batcher` | one model's request ring, batching policy driver and inline execution |
+//! | `worker` | the worker thread that runs a model's batches off the reactor |
 //! | `conn_table` | the shard's open connections: limit, timeouts, drain |
 //! | `buffers` | the shard's buffer pools |
 //! | `listener` | the `SO_REUSEPORT` sockets, bound before any executor starts |
@@ -13,6 +15,7 @@
 //!
 //! Nothing outside this module names a glommio type.
 
+mod batcher;
 mod buffers;
 mod conn_table;
 mod connection;
@@ -21,6 +24,7 @@ pub mod mesh;
 mod shard;
 mod signals;
 mod task_queues;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

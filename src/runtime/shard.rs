@@ -1,9 +1,11 @@
 //! The shard: the one place per-core state is assembled, run and drained.
 //!
 //! A shard owns a pinned glommio executor, its listener, its connections (table, buffers), its
-//! [`ShardService`] (statistics, drain flag) and its end of the mesh. It runs three kinds of task:
-//! the accept loop and the connections (latency-sensitive `io` queue), and housekeeping (the
-//! `admin` queue: control messages, the `Date` header, the timeout sweeper, mesh receivers).
+//! [`ShardService`] (statistics, metrics, drain flag), one batcher per model (with a worker
+//! thread for models placed on one) and its end of the mesh. It runs its tasks in three queues:
+//! the accept loop and the connections (latency-sensitive `io` queue), the batchers and inline
+//! batches (`batch`), and housekeeping (`admin`: control messages, the `Date` header, the timeout
+//! and hang-up sweeper, mesh receivers).
 //!
 //! Drain: stop accepting (the listener closes), readiness turns 503, idle connections are shut,
 //! busy ones finish their request and close, and the shard returns once every connection has
@@ -24,14 +26,15 @@ use glommio::sync::{Gate, Semaphore};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
+use super::batcher::Batcher;
 use super::buffers::BufferPool;
 use super::conn_table::{ConnTable, Timeouts};
-use super::mesh::{Mesh, ShardMsg};
+use super::mesh::{Mesh, ShardMsg, Snapshot, SnapshotSource};
 use super::task_queues::TaskQueues;
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::http::{Limits, Responder, ResponseMode};
-use crate::service::{ServiceState, ShardService};
+use crate::service::{Gather, ServiceState, ShardService};
 
 /// io_uring registered-buffer memory per executor. friday does no file I/O through glommio's
 /// DMA buffers, so the minimum keeps locked memory (RLIMIT_MEMLOCK) low.
@@ -40,6 +43,8 @@ const IO_MEMORY_BYTES: usize = 64 << 10;
 const READ_BUFFER_BYTES: usize = 16 << 10;
 /// Initial size of a connection's write and scratch buffers.
 const WRITE_BUFFER_BYTES: usize = 4 << 10;
+/// Initial size of a request's tensor buffers (they grow to fit).
+const TENSOR_BUFFER_BYTES: usize = 256;
 /// How often housekeeping runs (control messages, Date header, timeout sweep).
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(25);
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -76,11 +81,34 @@ pub(crate) struct Shard {
     pub(crate) read_pool: BufferPool,
     pub(crate) read_pool_initial: usize,
     pub(crate) write_pool: BufferPool,
+    pub(crate) tensor_pool: Rc<BufferPool>,
+    /// One per registry model, in registry order.
+    pub(crate) batchers: Vec<Rc<Batcher>>,
     pub(crate) limits: Limits,
     pub(crate) queues: TaskQueues,
     /// Closed when the drain starts: the accept loop waits on it beside `accept`.
     drain_signal: Semaphore,
     deadline: Cell<Option<Instant>>,
+}
+
+impl SnapshotSource for Shard {
+    fn snapshot(&self, what: Gather) -> Snapshot {
+        match what {
+            Gather::Stats { .. } => Snapshot::Stats(self.service.stats_snapshot()),
+            Gather::Metrics => {
+                let mut m = self.service.metrics().snapshot(self.id);
+                m.queue_depth = self.batchers.iter().map(|b| b.outstanding() as u64).collect();
+                m.connections_open = self.conns.len() as u64;
+                m.connections_accepted = self.conns.accepted();
+                for pool in [&self.read_pool, &self.write_pool, &*self.tensor_pool] {
+                    let (taken, reused) = pool.reuse();
+                    m.buffers_taken += taken;
+                    m.buffers_reused += reused;
+                }
+                Snapshot::Metrics(m)
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -131,13 +159,24 @@ async fn serve(setup: ShardSetup) {
     } = setup;
     let queues = TaskQueues::create();
     let service = Rc::new(ShardService::new(state.clone()));
-    let mesh = match Mesh::join(mesh, service.clone(), queues.admin).await {
+    let (mesh, receivers) = match Mesh::join(mesh).await {
         Ok(m) => m,
         Err(e) => {
             let _ = started.send(Err(format!("shard {id}: {e}")));
             return;
         }
     };
+    let tensor_pool = Rc::new(BufferPool::new(TENSOR_BUFFER_BYTES));
+    let mut batchers = Vec::new();
+    for entry in state.registry().entries() {
+        match Batcher::start(entry, service.clone(), tensor_pool.clone(), cpu, queues.batch) {
+            Ok(b) => batchers.push(b),
+            Err(e) => {
+                let _ = started.send(Err(format!("shard {id}: {e}")));
+                return;
+            }
+        }
+    }
     // SAFETY: the socket is bound and listening, and ownership of its descriptor moves here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let shard = Rc::new(Shard {
@@ -148,6 +187,8 @@ async fn serve(setup: ShardSetup) {
         read_pool: BufferPool::new(READ_BUFFER_BYTES),
         read_pool_initial: READ_BUFFER_BYTES,
         write_pool: BufferPool::new(WRITE_BUFFER_BYTES),
+        tensor_pool,
+        batchers,
         limits: Limits {
             max_header_bytes: http.max_header_bytes,
             max_body_bytes: http.max_body_bytes,
@@ -156,6 +197,10 @@ async fn serve(setup: ShardSetup) {
         drain_signal: Semaphore::new(0),
         deadline: Cell::new(None),
     });
+    if let Err(e) = shard.mesh.serve(receivers, shard.clone(), queues.admin) {
+        let _ = started.send(Err(format!("shard {id}: {e}")));
+        return;
+    }
     let timeouts = Timeouts {
         header: http.header_read_timeout(),
         idle: http.idle_timeout(),
@@ -169,13 +214,13 @@ async fn serve(setup: ShardSetup) {
             return;
         }
     };
-    let models: Vec<&str> = state
+    let models: Vec<String> = state
         .registry()
         .entries()
         .iter()
-        .map(|e| e.name())
+        .map(|e| format!("{} ({})", e.name(), e.serving.placement))
         .collect();
-    info!(shard = id, cpu, %address, models = %models.join(","), "shard serving");
+    info!(shard = id, cpu, %address, models = %models.join(", "), "shard serving");
     let _ = started.send(Ok(id));
 
     let gate = Gate::new();
@@ -281,6 +326,7 @@ async fn housekeeping(shard: Rc<Shard>, control: channel::Receiver<ShardMsg>, ti
         let swept = shard
             .conns
             .sweep(Instant::now(), &timeouts, shard.service.is_draining());
+        shard.conns.detect_gone();
         if swept.timed_out > 0 {
             debug!(
                 shard = shard.id,

@@ -1,0 +1,417 @@
+//! Prometheus metrics: per-shard HDR histograms and counters, merged on scrape.
+//!
+//! Each shard records into its own [`ShardMetrics`] (`RefCell`/`Cell`, no atomics, no sharing);
+//! recording a value is an HDR-histogram increment and an add. `GET /metrics` asks every shard
+//! for a [`ShardMetricsSnapshot`] over the mesh and [`render`]s them: histograms and request
+//! counters summed per model, gauges (queue depth, open connections) per shard. Histogram buckets
+//! are read from the HDR histograms (2 significant digits, so a bucket edge is exact to 1 %);
+//! counts and sums are exact.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::model::ModelRegistry;
+
+/// Significant digits kept by the histograms (1 % resolution).
+const SIGFIG: u8 = 2;
+/// Longest duration a histogram holds exactly (10 minutes); longer values count at the top.
+const MAX_NANOS: u64 = 600_000_000_000;
+/// Largest batch size a histogram holds exactly.
+const MAX_BATCH: u64 = 1 << 16;
+
+/// Bucket upper bounds of the duration histograms, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Bucket upper bounds of the batch-size histogram.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// How a request ended, for `friday_requests_total{outcome=…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered 200.
+    Success,
+    /// Failed (bad input, model error).
+    Failure,
+    /// Refused at admission with 429.
+    Rejected,
+    /// Its deadline passed while queued.
+    Timeout,
+    /// Its client left before it was batched.
+    Cancelled,
+}
+
+const OUTCOMES: [(Outcome, &str); 5] = [
+    (Outcome::Success, "success"),
+    (Outcome::Failure, "failure"),
+    (Outcome::Rejected, "rejected"),
+    (Outcome::Timeout, "timeout"),
+    (Outcome::Cancelled, "cancelled"),
+];
+
+/// A histogram plus the exact sum of what it recorded.
+struct Recorder {
+    hist: RefCell<Histogram<u64>>,
+    sum: Cell<u64>,
+}
+
+impl Recorder {
+    fn new(max: u64) -> Self {
+        Recorder {
+            hist: RefCell::new(
+                Histogram::new_with_bounds(1, max, SIGFIG).expect("static histogram bounds are valid"),
+            ),
+            sum: Cell::new(0),
+        }
+    }
+
+    fn record(&self, value: u64) {
+        self.hist.borrow_mut().saturating_record(value);
+        self.sum.set(self.sum.get().wrapping_add(value));
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            hist: self.hist.borrow().clone(),
+            sum: self.sum.get(),
+        }
+    }
+}
+
+/// One model's metrics on one shard.
+pub struct ModelMetrics {
+    request: Recorder,
+    queue: Recorder,
+    compute: Recorder,
+    batch_size: Recorder,
+    outcomes: [Cell<u64>; 5],
+}
+
+impl ModelMetrics {
+    fn new() -> Self {
+        ModelMetrics {
+            request: Recorder::new(MAX_NANOS),
+            queue: Recorder::new(MAX_NANOS),
+            compute: Recorder::new(MAX_NANOS),
+            batch_size: Recorder::new(MAX_BATCH),
+            outcomes: Default::default(),
+        }
+    }
+
+    /// Records a request's whole time (read → encoded), in nanoseconds.
+    pub fn request_nanos(&self, ns: u64) {
+        self.request.record(ns);
+    }
+
+    /// Records a request's time in the queue (enqueued → batched), in nanoseconds.
+    pub fn queue_nanos(&self, ns: u64) {
+        self.queue.record(ns);
+    }
+
+    /// Records one batch: the model's time in nanoseconds and the batch's size in items.
+    pub fn batch(&self, compute_ns: u64, items: usize) {
+        self.compute.record(compute_ns);
+        self.batch_size.record(items as u64);
+    }
+
+    /// Counts how a request ended.
+    pub fn outcome(&self, o: Outcome) {
+        let c = &self.outcomes[o as usize];
+        c.set(c.get() + 1);
+    }
+
+    fn snapshot(&self) -> ModelMetricsSnapshot {
+        ModelMetricsSnapshot {
+            request: self.request.snapshot(),
+            queue: self.queue.snapshot(),
+            compute: self.compute.snapshot(),
+            batch_size: self.batch_size.snapshot(),
+            outcomes: std::array::from_fn(|i| self.outcomes[i].get()),
+        }
+    }
+}
+
+/// One shard's metrics, one entry per registry model. `!Sync`: only its shard touches it.
+pub struct ShardMetrics {
+    models: Vec<ModelMetrics>,
+}
+
+impl ShardMetrics {
+    /// Empty metrics for every model in `registry`.
+    pub fn new(registry: &ModelRegistry) -> Self {
+        ShardMetrics {
+            models: registry.entries().iter().map(|_| ModelMetrics::new()).collect(),
+        }
+    }
+
+    /// Model `index`'s metrics.
+    pub fn model(&self, index: usize) -> &ModelMetrics {
+        &self.models[index]
+    }
+
+    /// A copy of every model's metrics; the runtime adds the shard's gauges.
+    pub fn snapshot(&self, shard: usize) -> ShardMetricsSnapshot {
+        ShardMetricsSnapshot {
+            shard,
+            models: self.models.iter().map(ModelMetrics::snapshot).collect(),
+            ..ShardMetricsSnapshot::default()
+        }
+    }
+}
+
+/// A histogram at one moment.
+#[derive(Debug, Clone)]
+pub struct HistogramSnapshot {
+    hist: Histogram<u64>,
+    sum: u64,
+}
+
+impl HistogramSnapshot {
+    fn merge(&mut self, other: &HistogramSnapshot) {
+        let _ = self.hist.add(&other.hist);
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// The value at quantile `q` (0..=1).
+    pub fn quantile(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+}
+
+/// One model's metrics on one shard at one moment. `Send`: it crosses cores in the mesh.
+#[derive(Debug, Clone)]
+pub struct ModelMetricsSnapshot {
+    /// Whole request time, ns.
+    pub request: HistogramSnapshot,
+    /// Queue time, ns.
+    pub queue: HistogramSnapshot,
+    /// Model time per batch, ns.
+    pub compute: HistogramSnapshot,
+    /// Items per batch.
+    pub batch_size: HistogramSnapshot,
+    /// Requests by [`Outcome`].
+    pub outcomes: [u64; 5],
+}
+
+impl ModelMetricsSnapshot {
+    fn merge(&mut self, o: &ModelMetricsSnapshot) {
+        self.request.merge(&o.request);
+        self.queue.merge(&o.queue);
+        self.compute.merge(&o.compute);
+        self.batch_size.merge(&o.batch_size);
+        for (a, b) in self.outcomes.iter_mut().zip(o.outcomes) {
+            *a += b;
+        }
+    }
+
+    /// Requests that ended with `o`.
+    pub fn outcome(&self, o: Outcome) -> u64 {
+        self.outcomes[o as usize]
+    }
+}
+
+/// One shard's metrics and gauges at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMetricsSnapshot {
+    /// Shard index.
+    pub shard: usize,
+    /// Per registry model.
+    pub models: Vec<ModelMetricsSnapshot>,
+    /// Requests admitted and not yet answered, per registry model.
+    pub queue_depth: Vec<u64>,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Buffers taken from the shard's pools.
+    pub buffers_taken: u64,
+    /// Of those, how many were reused rather than allocated.
+    pub buffers_reused: u64,
+}
+
+/// Renders every shard's snapshot in the Prometheus text format (version 0.0.4).
+pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> String {
+    let mut merged: Vec<Option<ModelMetricsSnapshot>> = vec![None; registry.entries().len()];
+    for s in shards {
+        for (i, m) in s.models.iter().enumerate() {
+            match &mut merged[i] {
+                Some(acc) => acc.merge(m),
+                slot => *slot = Some(m.clone()),
+            }
+        }
+    }
+    let mut out = String::with_capacity(16 << 10);
+    let labels = |i: usize| {
+        let e = &registry.entries()[i];
+        format!("model=\"{}\",version=\"{}\"", e.name(), e.version)
+    };
+    type Pick = fn(&ModelMetricsSnapshot) -> &HistogramSnapshot;
+    let histograms: [(&str, &str, Pick, f64, &[f64]); 4] = [
+        (
+            "friday_request_duration_seconds",
+            "Time from a request's bytes being read to its response being encoded.",
+            |m| &m.request,
+            1e-9,
+            DURATION_BUCKETS,
+        ),
+        (
+            "friday_queue_duration_seconds",
+            "Time a request waited in its model's queue before its batch started.",
+            |m| &m.queue,
+            1e-9,
+            DURATION_BUCKETS,
+        ),
+        (
+            "friday_compute_duration_seconds",
+            "Time the model took per batch.",
+            |m| &m.compute,
+            1e-9,
+            DURATION_BUCKETS,
+        ),
+        (
+            "friday_batch_size",
+            "Items per batch the model ran.",
+            |m| &m.batch_size,
+            1.0,
+            BATCH_BUCKETS,
+        ),
+    ];
+    for (name, help, pick, scale, buckets) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, m) in merged.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let h = pick(m);
+            let l = labels(i);
+            for &le in buckets {
+                // Values are recorded in integer units of `scale` (ns, or items).
+                let limit = (le / scale).round() as u64;
+                let n = if limit == 0 { 0 } else { h.hist.count_between(0, limit) };
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {n}");
+            }
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count());
+            let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum as f64 * scale);
+            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP friday_requests_total Inference requests by how they ended.\n# TYPE friday_requests_total counter"
+    );
+    for (i, m) in merged.iter().enumerate() {
+        let Some(m) = m else { continue };
+        for (o, name) in OUTCOMES {
+            let _ = writeln!(
+                out,
+                "friday_requests_total{{{},outcome=\"{name}\"}} {}",
+                labels(i),
+                m.outcome(o)
+            );
+        }
+    }
+    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (l, v) in rows {
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    };
+    gauge(
+        &mut out,
+        "friday_queue_depth",
+        "gauge",
+        "Requests admitted to a model on a shard and not yet answered.",
+        &mut shards.iter().flat_map(|s| {
+            s.queue_depth
+                .iter()
+                .enumerate()
+                .map(move |(i, &d)| (format!("{},shard=\"{}\"", labels(i), s.shard), d))
+        }),
+    );
+    let per_shard: [(&str, &str, &str, fn(&ShardMetricsSnapshot) -> u64); 4] = [
+        ("friday_connections_open", "gauge", "Open connections.", |s| s.connections_open),
+        (
+            "friday_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |s| s.connections_accepted,
+        ),
+        (
+            "friday_buffers_taken_total",
+            "counter",
+            "Connection buffers taken from the shard's pools.",
+            |s| s.buffers_taken,
+        ),
+        (
+            "friday_buffers_reused_total",
+            "counter",
+            "Connection buffers reused from the pools rather than allocated.",
+            |s| s.buffers_reused,
+        ),
+    ];
+    for (name, kind, help, pick) in per_shard {
+        gauge(
+            &mut out,
+            name,
+            kind,
+            help,
+            &mut shards.iter().map(|s| (format!("shard=\"{}\"", s.shard), pick(s))),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_merged_histograms_and_counters() {
+        let registry = ModelRegistry::builtin();
+        let a = ShardMetrics::new(&registry);
+        let b = ShardMetrics::new(&registry);
+        a.model(0).request_nanos(40_000);
+        a.model(0).request_nanos(2_000_000);
+        b.model(0).request_nanos(700_000);
+        a.model(0).batch(1_000, 3);
+        a.model(0).outcome(Outcome::Success);
+        a.model(0).outcome(Outcome::Success);
+        b.model(0).outcome(Outcome::Success);
+        b.model(0).outcome(Outcome::Rejected);
+        let mut sa = a.snapshot(0);
+        sa.queue_depth = vec![2, 0, 0];
+        sa.connections_open = 5;
+        let sb = b.snapshot(1);
+        let text = render(&registry, &[sa, sb]);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let l = "model=\"identity\",version=\"1\"";
+        assert_eq!(line(&format!("friday_request_duration_seconds_count{{{l}}}")), "3");
+        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"0.00005\"}}")), "1");
+        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"0.001\"}}")), "2");
+        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"+Inf\"}}")), "3");
+        let sum: f64 = line(&format!("friday_request_duration_seconds_sum{{{l}}}")).parse().unwrap();
+        assert!((sum - 0.00274).abs() < 1e-9, "{sum}");
+        assert_eq!(line(&format!("friday_batch_size_bucket{{{l},le=\"4\"}}")), "1");
+        assert_eq!(line(&format!("friday_requests_total{{{l},outcome=\"success\"}}")), "3");
+        assert_eq!(line(&format!("friday_requests_total{{{l},outcome=\"rejected\"}}")), "1");
+        assert_eq!(line(&format!("friday_queue_depth{{{l},shard=\"0\"}}")), "2");
+        assert_eq!(line("friday_connections_open{shard=\"0\"}"), "5");
+        assert!(text.contains("# TYPE friday_batch_size histogram"));
+    }
+}
