@@ -438,16 +438,18 @@ fn validate_model(name: &str, m: &ModelSettings) -> Result<(), ConfigError> {
             ));
         }
         if let Some(max) = m.max_batch_size {
-            if let Some(p) = b.preferred_batch_size.iter().find(|&&p| p == 0 || p > max.max(1)) {
+            if let Some(p) = b
+                .preferred_batch_size
+                .iter()
+                .find(|&&p| p == 0 || p > max.max(1))
+            {
                 return Err(invalid(
                     "models.*.dynamic_batching.preferred_batch_size",
                     format!("`{name}`: {p} is outside 1..=max_batch_size ({max})"),
                 ));
             }
         }
-        if b.priority_levels > 0
-            && !(1..=b.priority_levels).contains(&b.default_priority_level)
-        {
+        if b.priority_levels > 0 && !(1..=b.priority_levels).contains(&b.default_priority_level) {
             return Err(invalid(
                 "models.*.dynamic_batching.default_priority_level",
                 format!(

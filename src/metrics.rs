@@ -64,7 +64,8 @@ impl Recorder {
     fn new(max: u64) -> Self {
         Recorder {
             hist: RefCell::new(
-                Histogram::new_with_bounds(1, max, SIGFIG).expect("static histogram bounds are valid"),
+                Histogram::new_with_bounds(1, max, SIGFIG)
+                    .expect("static histogram bounds are valid"),
             ),
             sum: Cell::new(0),
         }
@@ -145,7 +146,11 @@ impl ShardMetrics {
     /// Empty metrics for every model in `registry`.
     pub fn new(registry: &ModelRegistry) -> Self {
         ShardMetrics {
-            models: registry.entries().iter().map(|_| ModelMetrics::new()).collect(),
+            models: registry
+                .entries()
+                .iter()
+                .map(|_| ModelMetrics::new())
+                .collect(),
         }
     }
 
@@ -239,6 +244,14 @@ pub struct ShardMetricsSnapshot {
     pub buffers_reused: u64,
 }
 
+/// A per-shard series: name, Prometheus type, help, and how to read it from a snapshot.
+type ShardSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetricsSnapshot) -> u64,
+);
+
 /// Renders every shard's snapshot in the Prometheus text format (version 0.0.4).
 pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> String {
     let mut merged: Vec<Option<ModelMetricsSnapshot>> = vec![None; registry.entries().len()];
@@ -295,7 +308,11 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             for &le in buckets {
                 // Values are recorded in integer units of `scale` (ns, or items).
                 let limit = (le / scale).round() as u64;
-                let n = if limit == 0 { 0 } else { h.hist.count_between(0, limit) };
+                let n = if limit == 0 {
+                    0
+                } else {
+                    h.hist.count_between(0, limit)
+                };
                 let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {n}");
             }
             let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count());
@@ -318,7 +335,11 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             );
         }
     }
-    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+    let gauge = |out: &mut String,
+                 name: &str,
+                 kind: &str,
+                 help: &str,
+                 rows: &mut dyn Iterator<Item = (String, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (l, v) in rows {
             let _ = writeln!(out, "{name}{{{l}}} {v}");
@@ -336,8 +357,13 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
                 .map(move |(i, &d)| (format!("{},shard=\"{}\"", labels(i), s.shard), d))
         }),
     );
-    let per_shard: [(&str, &str, &str, fn(&ShardMetricsSnapshot) -> u64); 4] = [
-        ("friday_connections_open", "gauge", "Open connections.", |s| s.connections_open),
+    let per_shard: [ShardSeries; 4] = [
+        (
+            "friday_connections_open",
+            "gauge",
+            "Open connections.",
+            |s| s.connections_open,
+        ),
         (
             "friday_connections_accepted_total",
             "counter",
@@ -363,7 +389,9 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             name,
             kind,
             help,
-            &mut shards.iter().map(|s| (format!("shard=\"{}\"", s.shard), pick(s))),
+            &mut shards
+                .iter()
+                .map(|s| (format!("shard=\"{}\"", s.shard), pick(s))),
         );
     }
     out
@@ -401,15 +429,46 @@ mod tests {
                 .to_string()
         };
         let l = "model=\"identity\",version=\"1\"";
-        assert_eq!(line(&format!("friday_request_duration_seconds_count{{{l}}}")), "3");
-        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"0.00005\"}}")), "1");
-        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"0.001\"}}")), "2");
-        assert_eq!(line(&format!("friday_request_duration_seconds_bucket{{{l},le=\"+Inf\"}}")), "3");
-        let sum: f64 = line(&format!("friday_request_duration_seconds_sum{{{l}}}")).parse().unwrap();
+        assert_eq!(
+            line(&format!("friday_request_duration_seconds_count{{{l}}}")),
+            "3"
+        );
+        assert_eq!(
+            line(&format!(
+                "friday_request_duration_seconds_bucket{{{l},le=\"0.00005\"}}"
+            )),
+            "1"
+        );
+        assert_eq!(
+            line(&format!(
+                "friday_request_duration_seconds_bucket{{{l},le=\"0.001\"}}"
+            )),
+            "2"
+        );
+        assert_eq!(
+            line(&format!(
+                "friday_request_duration_seconds_bucket{{{l},le=\"+Inf\"}}"
+            )),
+            "3"
+        );
+        let sum: f64 = line(&format!("friday_request_duration_seconds_sum{{{l}}}"))
+            .parse()
+            .unwrap();
         assert!((sum - 0.00274).abs() < 1e-9, "{sum}");
-        assert_eq!(line(&format!("friday_batch_size_bucket{{{l},le=\"4\"}}")), "1");
-        assert_eq!(line(&format!("friday_requests_total{{{l},outcome=\"success\"}}")), "3");
-        assert_eq!(line(&format!("friday_requests_total{{{l},outcome=\"rejected\"}}")), "1");
+        assert_eq!(
+            line(&format!("friday_batch_size_bucket{{{l},le=\"4\"}}")),
+            "1"
+        );
+        assert_eq!(
+            line(&format!("friday_requests_total{{{l},outcome=\"success\"}}")),
+            "3"
+        );
+        assert_eq!(
+            line(&format!(
+                "friday_requests_total{{{l},outcome=\"rejected\"}}"
+            )),
+            "1"
+        );
         assert_eq!(line(&format!("friday_queue_depth{{{l},shard=\"0\"}}")), "2");
         assert_eq!(line("friday_connections_open{shard=\"0\"}"), "5");
         assert!(text.contains("# TYPE friday_batch_size histogram"));

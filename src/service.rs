@@ -127,11 +127,14 @@ pub struct InferJob<'r> {
 }
 
 /// What the runtime must do after [`ShardService::handle`].
+// Returned by value and consumed at once: boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Action<'r> {
     /// The response is written.
     Done,
-    /// Gather every shard's snapshots, then call [`ShardService::answer_gather`].
+    /// Gather every shard's snapshots, then call [`ShardService::answer_stats`] or
+    /// [`ShardService::answer_metrics`].
     Gather(Gather),
     /// Submit to the model's batcher, then call [`ShardService::finish_infer`].
     Infer(InferJob<'r>),
@@ -221,7 +224,11 @@ impl ShardService {
         }
     }
 
-    fn dispatch<'r>(&self, req: &Request<'r>, resp: &mut Responder<'_>) -> Result<Action<'r>, ApiError> {
+    fn dispatch<'r>(
+        &self,
+        req: &Request<'r>,
+        resp: &mut Responder<'_>,
+    ) -> Result<Action<'r>, ApiError> {
         let route = protocol::route(if req.path.is_empty() { "/" } else { req.path });
         let wants_post = matches!(
             route,
@@ -236,7 +243,10 @@ impl ShardService {
             Method::Other => false,
         };
         if route == Route::NotFound {
-            return Err(ApiError::not_found(format!("no such endpoint: {}", req.path)));
+            return Err(ApiError::not_found(format!(
+                "no such endpoint: {}",
+                req.path
+            )));
         }
         if !method_ok {
             return Err(ApiError::new(
@@ -305,7 +315,12 @@ impl ShardService {
     }
 
     /// Answers an infer request: encodes its outputs if its batch ran, or its error.
-    pub fn finish_infer(&self, job: &InferJob<'_>, ran: Result<Ran<'_>, ApiError>, resp: &mut Responder<'_>) {
+    pub fn finish_infer(
+        &self,
+        job: &InferJob<'_>,
+        ran: Result<Ran<'_>, ApiError>,
+        resp: &mut Responder<'_>,
+    ) {
         let entry = &self.state.registry.entries()[job.model];
         let ran = match ran {
             Ok(ran) => ran,
@@ -348,7 +363,11 @@ impl ShardService {
         );
         let m = self.metrics.model(job.model);
         m.request_nanos((encoded - job.received).as_nanos() as u64);
-        m.queue_nanos(ran.dispatched.saturating_duration_since(job.decoded).as_nanos() as u64);
+        m.queue_nanos(
+            ran.dispatched
+                .saturating_duration_since(job.decoded)
+                .as_nanos() as u64,
+        );
         m.outcome(Outcome::Success);
     }
 
@@ -367,7 +386,12 @@ impl ShardService {
     }
 
     /// Answers a statistics request with `merged` (every shard's statistics, merged).
-    pub fn answer_stats(&self, only: Option<usize>, merged: &StatsSnapshot, resp: &mut Responder<'_>) {
+    pub fn answer_stats(
+        &self,
+        only: Option<usize>,
+        merged: &StatsSnapshot,
+        resp: &mut Responder<'_>,
+    ) {
         let doc = render_stats(&self.state.registry, merged, only);
         resp.bytes(200, JSON, &doc);
     }

@@ -119,11 +119,13 @@ impl ShardStats {
     pub fn record_success(&self, index: usize, items: usize, t: &RequestTimes) {
         let m = &self.models[index];
         m.success.add(t.encoded - t.received);
-        m.queue.add(t.dispatched.saturating_duration_since(t.decoded));
+        m.queue
+            .add(t.dispatched.saturating_duration_since(t.decoded));
         m.compute_input.add(t.decoded - t.received);
         m.compute_infer.add(t.infer_end - t.infer_start);
         m.compute_output.add(t.encoded - t.encode_start);
-        m.inference_count.set(m.inference_count.get() + items as u64);
+        m.inference_count
+            .set(m.inference_count.get() + items as u64);
         m.last_inference_ms
             .set(self.epoch_unix_ms + (t.infer_end - self.epoch).as_millis() as u64);
     }

@@ -8,35 +8,9 @@ use std::process::Command;
 
 use common::*;
 
-fn ensure_tritonclient() {
-    let probe = Command::new("python3")
-        .args(["-c", "import tritonclient.http, numpy"])
-        .status()
-        .expect("python3 must be installed for the tritonclient conformance test");
-    if probe.success() {
-        return;
-    }
-    eprintln!("installing tritonclient[http] and numpy with pip");
-    let install = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "tritonclient[http]",
-            "numpy",
-        ])
-        .status()
-        .expect("run pip");
-    assert!(
-        install.success(),
-        "cannot install tritonclient[http]: run `python3 -m pip install tritonclient[http] numpy`"
-    );
-}
-
 #[test]
 fn tritonclient_http_agrees_with_friday() {
-    ensure_tritonclient();
+    ensure_python("tritonclient.http, numpy", &["tritonclient[http]", "numpy"]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/conformance/tritonclient_conformance.py"

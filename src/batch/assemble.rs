@@ -30,7 +30,10 @@ pub fn concat(mut parts: Vec<Inputs>, mut buffer: impl FnMut(usize) -> Vec<u8>) 
     let mut joined: Inputs = SmallVec::new();
     for (i, t) in first.iter().enumerate() {
         let bytes: usize = parts.iter().map(|p| p[i].data.len()).sum();
-        let rows: usize = parts.iter().map(|p| p[i].shape.first().copied().unwrap_or(1)).sum();
+        let rows: usize = parts
+            .iter()
+            .map(|p| p[i].shape.first().copied().unwrap_or(1))
+            .sum();
         let mut data = buffer(bytes);
         for p in &parts {
             data.extend_from_slice(&p[i].data);
@@ -159,7 +162,10 @@ impl BatchResult {
                 Some(size) => {
                     let row_bytes = row_elements * size;
                     if data.len() != row_bytes * total {
-                        return Err(format!("output {o} has {} bytes for {total} rows", data.len()));
+                        return Err(format!(
+                            "output {o} has {} bytes for {total} rows",
+                            data.len()
+                        ));
                     }
                     for (r, &n) in per_request.iter_mut().zip(sizes) {
                         r.push(offset..offset + n * row_bytes);
@@ -176,7 +182,10 @@ impl BatchResult {
                         ends.push(at);
                     }
                     if ends.len() != total * row_elements {
-                        return Err(format!("output {o} has {} elements for {total} rows", ends.len()));
+                        return Err(format!(
+                            "output {o} has {} elements for {total} rows",
+                            ends.len()
+                        ));
                     }
                     let mut element = 0usize;
                     for (r, &n) in per_request.iter_mut().zip(sizes) {
@@ -279,7 +288,13 @@ mod tests {
         };
         let a: Inputs = smallvec![int32(1, 1), int32(1, 2)];
         let b: Inputs = smallvec![int32(2, 10), int32(2, 20)];
-        let result = run(&Simple::new(), concat(vec![a, b], Vec::with_capacity), &[1, 2], true).unwrap();
+        let result = run(
+            &Simple::new(),
+            concat(vec![a, b], Vec::with_capacity),
+            &[1, 2],
+            true,
+        )
+        .unwrap();
         let vb = result.view(1);
         assert_eq!(vb[0].shape.as_slice(), &[2, 16]);
         let sums: Vec<i32> = crate::model::i32_values(&vb[0]).collect();

@@ -104,7 +104,9 @@ pub struct BatchQueue<T> {
 impl<T: Batchable> BatchQueue<T> {
     /// An empty queue.
     pub fn new(cfg: PolicyConfig) -> Self {
-        let levels = (0..cfg.priority_levels.max(1)).map(|_| VecDeque::new()).collect();
+        let levels = (0..cfg.priority_levels.max(1))
+            .map(|_| VecDeque::new())
+            .collect();
         BatchQueue {
             cfg,
             levels,
@@ -196,7 +198,12 @@ impl<T: Batchable> BatchQueue<T> {
         self.next_deadline = next;
     }
 
-    fn consider_batch(&mut self, now: Instant, gone: &mut impl FnMut(&T) -> bool, step: &mut Step<T>) {
+    fn consider_batch(
+        &mut self,
+        now: Instant,
+        gone: &mut impl FnMut(&T) -> bool,
+        step: &mut Step<T>,
+    ) {
         // Drop requests whose client left, wherever they are in line.
         for level in &mut self.levels {
             if level.iter().any(|e| gone(&e.item)) {
@@ -325,7 +332,11 @@ mod tests {
     }
 
     fn req(id: u32, items: usize) -> Req {
-        Req { id, items, shape: 0 }
+        Req {
+            id,
+            items,
+            shape: 0,
+        }
     }
 
     fn ids(v: &[Req]) -> Vec<u32> {
@@ -400,7 +411,11 @@ mod tests {
             q.push(req(i, 1), 0, None, t0).unwrap();
         }
         q.poll(t0, true, |_| false, &mut s);
-        assert_eq!(ids(&s.batch), vec![0, 1, 2, 3], "the largest preferred size, 4");
+        assert_eq!(
+            ids(&s.batch),
+            vec![0, 1, 2, 3],
+            "the largest preferred size, 4"
+        );
         q.poll(t0, true, |_| false, &mut s);
         assert!(s.batch.is_empty(), "1 is not preferred: wait for the delay");
     }
@@ -456,11 +471,45 @@ mod tests {
         let t0 = Instant::now();
         let mut q = BatchQueue::new(cfg(8, 0, &[]));
         let mut s = Step::default();
-        q.push(Req { id: 1, items: 1, shape: 0 }, 0, None, t0).unwrap();
-        q.push(Req { id: 2, items: 1, shape: 1 }, 0, None, t0).unwrap();
-        q.push(Req { id: 3, items: 1, shape: 0 }, 0, None, t0).unwrap();
+        q.push(
+            Req {
+                id: 1,
+                items: 1,
+                shape: 0,
+            },
+            0,
+            None,
+            t0,
+        )
+        .unwrap();
+        q.push(
+            Req {
+                id: 2,
+                items: 1,
+                shape: 1,
+            },
+            0,
+            None,
+            t0,
+        )
+        .unwrap();
+        q.push(
+            Req {
+                id: 3,
+                items: 1,
+                shape: 0,
+            },
+            0,
+            None,
+            t0,
+        )
+        .unwrap();
         q.poll(t0, true, |_| false, &mut s);
-        assert_eq!(ids(&s.batch), vec![1], "stops at the first that cannot join, keeping order");
+        assert_eq!(
+            ids(&s.batch),
+            vec![1],
+            "stops at the first that cannot join, keeping order"
+        );
     }
 
     #[test]
@@ -482,9 +531,16 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Push { items: usize, shape: u8, level: usize, timeout_us: Option<u64> },
+        Push {
+            items: usize,
+            shape: u8,
+            level: usize,
+            timeout_us: Option<u64>,
+        },
         Advance(u64),
-        Poll { slot_free: bool },
+        Poll {
+            slot_free: bool,
+        },
         Gone(u32),
     }
 

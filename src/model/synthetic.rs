@@ -87,7 +87,10 @@ impl Model for Synthetic {
 
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError> {
         let [input] = inputs else {
-            return Err(ModelError(format!("synthetic takes 1 input, got {}", inputs.len())));
+            return Err(ModelError(format!(
+                "synthetic takes 1 input, got {}",
+                inputs.len()
+            )));
         };
         let items = if self.metadata.max_batch_size > 0 {
             input.shape.first().copied().unwrap_or(1)
@@ -97,11 +100,17 @@ impl Model for Synthetic {
         let h = burn(&input.data, self.cost(items));
         // `h` is never exactly 1 (the chain would have to land there), but the compiler cannot
         // know, so the burn above must really run.
-        let scale = if std::hint::black_box(h) == 1 { 3.0f32 } else { 2.0f32 };
+        let scale = if std::hint::black_box(h) == 1 {
+            3.0f32
+        } else {
+            2.0f32
+        };
         let out: Vec<u8> = input
             .data
             .chunks_exact(4)
-            .flat_map(|c| (f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale).to_le_bytes())
+            .flat_map(|c| {
+                (f32::from_le_bytes(c.try_into().expect("4 bytes")) * scale).to_le_bytes()
+            })
             .collect();
         Ok(smallvec![Tensor {
             datatype: DataType::Fp32,
@@ -118,7 +127,10 @@ mod tests {
     #[test]
     fn doubles_its_input_and_takes_its_cost() {
         let m = Synthetic::new(2000, 500, 8);
-        let data: Vec<u8> = [1.0f32, -3.5, 0.25, 8.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = [1.0f32, -3.5, 0.25, 8.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let input = Tensor {
             datatype: DataType::Fp32,
             shape: smallvec![2, 2],

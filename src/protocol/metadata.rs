@@ -173,9 +173,13 @@ mod tests {
         let registry = crate::model::ModelRegistry::builtin();
         let simple = registry.lookup("simple", None).unwrap();
         let v: serde_json::Value =
-            serde_json::from_slice(&model_config(Simple::new().metadata(), &simple.serving)).unwrap();
+            serde_json::from_slice(&model_config(Simple::new().metadata(), &simple.serving))
+                .unwrap();
         assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 0);
-        assert_eq!(v["dynamic_batching"]["default_queue_policy"]["max_queue_size"], 1024);
+        assert_eq!(
+            v["dynamic_batching"]["default_queue_policy"]["max_queue_size"],
+            1024
+        );
         assert_eq!(v["max_batch_size"], 8);
         assert_eq!(v["input"][1]["name"], "INPUT1");
         assert_eq!(v["input"][1]["data_type"], "TYPE_INT32");

@@ -217,7 +217,11 @@ impl Batcher {
     }
 
     /// Admits `job` (taking its inputs) or refuses it with 429 at once.
-    pub(crate) fn submit(self: &Rc<Self>, job: &mut InferJob<'_>, conn: &Rc<ConnState>) -> Result<Ticket, ApiError> {
+    pub(crate) fn submit(
+        self: &Rc<Self>,
+        job: &mut InferJob<'_>,
+        conn: &Rc<ConnState>,
+    ) -> Result<Ticket, ApiError> {
         let mut submit = self.submit.borrow_mut();
         if self.outstanding.get() >= self.max_queue_size || submit.is_full() {
             return Err(ApiError::new(
@@ -283,10 +287,10 @@ impl Batcher {
             pending.remove(ticket);
             return;
         }
-        if let State::Waiting(waker) = std::mem::replace(&mut entry.state, State::Done(outcome)) {
-            if let Some(w) = waker {
-                w.wake();
-            }
+        if let State::Waiting(Some(waker)) =
+            std::mem::replace(&mut entry.state, State::Done(outcome))
+        {
+            waker.wake();
         }
     }
 
@@ -331,11 +335,16 @@ impl BatcherTask {
                     self.batcher.complete(sub.ticket, Outcome::Failed(e));
                 }
             }
-            if let Some(done) = self.worker.as_ref().and_then(Worker::try_done) {
+            if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
                 self.finish(done);
             }
             let batcher = self.batcher.clone();
-            self.queue.poll(now, self.in_flight.is_none(), |s| batcher.is_gone(s.ticket), &mut step);
+            self.queue.poll(
+                now,
+                self.in_flight.is_none(),
+                |s| batcher.is_gone(s.ticket),
+                &mut step,
+            );
             for s in step.expired.drain(..) {
                 let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
                 self.batcher.complete(
@@ -387,7 +396,7 @@ impl BatcherTask {
             items,
             dispatched,
         });
-        match &self.worker {
+        match &mut self.worker {
             Some(worker) => worker.submit(Job { inputs, sizes }),
             None => {
                 let infer_start = Instant::now();
@@ -413,7 +422,10 @@ impl BatcherTask {
             .expect("a finished batch was in flight");
         let b = &self.batcher;
         let infer = done.infer_end - done.infer_start;
-        b.service.metrics().model(b.index).batch(infer.as_nanos() as u64, items);
+        b.service
+            .metrics()
+            .model(b.index)
+            .batch(infer.as_nanos() as u64, items);
         b.service.stats().record_execution(
             b.index,
             items,
@@ -442,7 +454,10 @@ impl BatcherTask {
                 for &t in &tickets {
                     b.complete(
                         t,
-                        Outcome::Failed(ApiError::internal(format!("model '{}' failed: {e}", b.name))),
+                        Outcome::Failed(ApiError::internal(format!(
+                            "model '{}' failed: {e}",
+                            b.name
+                        ))),
                     );
                 }
             }
@@ -450,19 +465,24 @@ impl BatcherTask {
     }
 
     /// Sleeps until a request arrives, the policy's wake-up time comes, or the worker finishes.
-    async fn wait(&self, wake_at: Option<Instant>) {
+    async fn wait(&mut self, wake_at: Option<Instant>) {
         let timer = async {
             match wake_at {
                 Some(t) => glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await,
                 None => futures_lite::future::pending::<()>().await,
             }
         };
+        let doorbell = &self.doorbell;
         let arrival = async {
-            let _ = self.doorbell.recv().await;
+            let _ = doorbell.recv().await;
         };
-        match (&self.worker, &self.in_flight) {
+        match (&mut self.worker, &self.in_flight) {
             (Some(worker), Some(_)) => {
-                futures_lite::future::or(futures_lite::future::or(arrival, timer), worker.doorbell()).await
+                futures_lite::future::or(
+                    futures_lite::future::or(arrival, timer),
+                    worker.doorbell(),
+                )
+                .await
             }
             _ => futures_lite::future::or(arrival, timer).await,
         }

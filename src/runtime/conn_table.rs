@@ -222,7 +222,9 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         let t = ConnTable::new(4);
-        let c = t.register(std::os::fd::AsRawFd::as_raw_fd(&server), Instant::now()).unwrap();
+        let c = t
+            .register(std::os::fd::AsRawFd::as_raw_fd(&server), Instant::now())
+            .unwrap();
         c.state.enter(Phase::Busy, Instant::now());
         t.detect_gone();
         assert!(!c.state.is_gone());

@@ -116,10 +116,11 @@ impl Mesh {
     pub(crate) async fn join(
         builder: MeshBuilder<ShardMsg, Full>,
     ) -> Result<(Rc<Mesh>, Receivers<ShardMsg>), String> {
-        let (senders, receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) = builder
-            .join()
-            .await
-            .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+        let (senders, receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) =
+            builder
+                .join()
+                .await
+                .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
         let mesh = Rc::new(Mesh {
             senders,
             pending: RefCell::new(HashMap::new()),
@@ -177,14 +178,20 @@ impl Mesh {
     }
 
     /// Every shard's snapshot of `what`, this shard's (`local`) first.
-    pub(crate) async fn gather(&self, what: Gather, local: Snapshot) -> Result<Vec<Snapshot>, ApiError> {
+    pub(crate) async fn gather(
+        &self,
+        what: Gather,
+        local: Snapshot,
+    ) -> Result<Vec<Snapshot>, ApiError> {
         let _permit = self
             .gathers
             .acquire_permit(1)
             .await
             .map_err(|_| ApiError::unavailable("the shard is shutting down"))?;
         let me = self.senders.peer_id();
-        let peers = (0..self.senders.nr_consumers()).filter(|&p| p != me).count();
+        let peers = (0..self.senders.nr_consumers())
+            .filter(|&p| p != me)
+            .count();
         let mut all = Vec::with_capacity(peers + 1);
         all.push(local);
         if peers == 0 {
@@ -197,7 +204,14 @@ impl Mesh {
         let _pending = PendingGuard::new(&self.pending, ticket, tx);
         for p in (0..self.senders.nr_consumers()).filter(|&p| p != me) {
             self.senders
-                .try_send_to(p, ShardMsg::SnapshotRequest { from: me, ticket, what })
+                .try_send_to(
+                    p,
+                    ShardMsg::SnapshotRequest {
+                        from: me,
+                        ticket,
+                        what,
+                    },
+                )
                 .map_err(|_| ApiError::unavailable("a shard is busy or shutting down; retry"))?;
         }
         let replies = glommio::timer::timeout(GATHER_TIMEOUT, async {

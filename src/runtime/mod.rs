@@ -5,7 +5,7 @@
 //! | `shard` | assembling, running and draining one shard |
 //! | `connection` | one connection's read → answer → write loop |
 //! | `batcher` | one model's request ring, batching policy driver and inline execution |
-//! | `worker` | the worker thread that runs a model's batches off the reactor |
+//! | [`worker`] | the worker thread that runs a model's batches off the reactor |
 //! | `conn_table` | the shard's open connections: limit, timeouts, drain |
 //! | `buffers` | the shard's buffer pools |
 //! | `listener` | the `SO_REUSEPORT` sockets, bound before any executor starts |
@@ -13,7 +13,7 @@
 //! | `signals` | the control thread that turns SIGTERM/SIGINT into a drain |
 //! | `task_queues` | the shard's named task queues |
 //!
-//! Nothing outside this module names a glommio type.
+//! Nothing outside this module names a glommio type (the worker's async doorbell aside).
 
 mod batcher;
 mod buffers;
@@ -24,7 +24,7 @@ pub mod mesh;
 mod shard;
 mod signals;
 mod task_queues;
-mod worker;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -97,7 +97,11 @@ impl SnapshotSource for Shard {
             Gather::Stats { .. } => Snapshot::Stats(self.service.stats_snapshot()),
             Gather::Metrics => {
                 let mut m = self.service.metrics().snapshot(self.id);
-                m.queue_depth = self.batchers.iter().map(|b| b.outstanding() as u64).collect();
+                m.queue_depth = self
+                    .batchers
+                    .iter()
+                    .map(|b| b.outstanding() as u64)
+                    .collect();
                 m.connections_open = self.conns.len() as u64;
                 m.connections_accepted = self.conns.accepted();
                 for pool in [&self.read_pool, &self.write_pool, &*self.tensor_pool] {
@@ -169,7 +173,13 @@ async fn serve(setup: ShardSetup) {
     let tensor_pool = Rc::new(BufferPool::new(TENSOR_BUFFER_BYTES));
     let mut batchers = Vec::new();
     for entry in state.registry().entries() {
-        match Batcher::start(entry, service.clone(), tensor_pool.clone(), cpu, queues.batch) {
+        match Batcher::start(
+            entry,
+            service.clone(),
+            tensor_pool.clone(),
+            cpu,
+            queues.batch,
+        ) {
             Ok(b) => batchers.push(b),
             Err(e) => {
                 let _ = started.send(Err(format!("shard {id}: {e}")));

@@ -1,4 +1,5 @@
 //! The model worker: a thread pinned to its shard's CPU that runs batches off the reactor.
+//! (Public so that `benches/ring_handoff.rs` measures this code, not a copy of it.)
 //!
 //! The shard hands it a [`Job`] through an rtrb ring and wakes it with `unpark`; it runs the
 //! batch, pushes a [`JobDone`] through a second rtrb ring and rings the shard's doorbell (one
@@ -23,7 +24,7 @@ use crate::model::Model;
 const RING_CAPACITY: usize = 2;
 
 /// A batch for the worker to run.
-pub(crate) struct Job {
+pub struct Job {
     /// The joined inputs.
     pub inputs: Inputs,
     /// Each request's batch size, in order.
@@ -31,7 +32,7 @@ pub(crate) struct Job {
 }
 
 /// A batch the worker ran.
-pub(crate) struct JobDone {
+pub struct JobDone {
     /// The outputs, or why the model failed.
     pub result: Result<BatchResult, String>,
     /// When the model started.
@@ -41,22 +42,18 @@ pub(crate) struct JobDone {
 }
 
 /// The shard's handle on one worker thread.
-pub(crate) struct Worker {
-    jobs: std::cell::RefCell<rtrb::Producer<Job>>,
-    done: std::cell::RefCell<rtrb::Consumer<JobDone>>,
+pub struct Worker {
+    jobs: rtrb::Producer<Job>,
+    done: rtrb::Consumer<JobDone>,
     thread: std::thread::Thread,
-    doorbell: std::cell::RefCell<UnixStream>,
+    doorbell: UnixStream,
     stop: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Starts a worker for `model`, pinned to `cpu`. Must be called on the shard's executor (the
     /// doorbell is registered with its reactor).
-    pub(crate) fn spawn(
-        model: Arc<dyn Model>,
-        cpu: usize,
-        name: String,
-    ) -> io::Result<Worker> {
+    pub fn spawn(model: Arc<dyn Model>, cpu: usize, name: String) -> io::Result<Worker> {
         let (shard_end, worker_end) = socketpair()?;
         // SAFETY: `shard_end` is a fresh, owned, connected Unix stream socket.
         let doorbell = unsafe { UnixStream::from_raw_fd(shard_end.into_raw_fd()) };
@@ -67,35 +64,41 @@ impl Worker {
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             pin_to(cpu);
-            run(model.as_ref(), batched, jobs_rx, done_tx, worker_end, &thread_stop);
+            run(
+                model.as_ref(),
+                batched,
+                jobs_rx,
+                done_tx,
+                worker_end,
+                &thread_stop,
+            );
         })?;
         Ok(Worker {
-            jobs: std::cell::RefCell::new(jobs_tx),
-            done: std::cell::RefCell::new(done_rx),
+            jobs: jobs_tx,
+            done: done_rx,
             thread: handle.thread().clone(),
-            doorbell: std::cell::RefCell::new(doorbell),
+            doorbell,
             stop,
         })
     }
 
     /// Hands the worker a batch and wakes it.
-    pub(crate) fn submit(&self, job: Job) {
-        if self.jobs.borrow_mut().push(job).is_err() {
+    pub fn submit(&mut self, job: Job) {
+        if self.jobs.push(job).is_err() {
             unreachable!("one job in flight at most, and the ring holds {RING_CAPACITY}");
         }
         self.thread.unpark();
     }
 
     /// A finished batch, if there is one.
-    pub(crate) fn try_done(&self) -> Option<JobDone> {
-        self.done.borrow_mut().pop().ok()
+    pub fn try_done(&mut self) -> Option<JobDone> {
+        self.done.pop().ok()
     }
 
     /// Waits until the worker rings the doorbell (it may already have).
-    pub(crate) async fn doorbell(&self) {
+    pub async fn doorbell(&mut self) {
         let mut buf = [0u8; 64];
-        // Only the batcher task reads the doorbell, so the borrow is never contended.
-        let _ = self.doorbell.borrow_mut().read(&mut buf).await;
+        let _ = self.doorbell.read(&mut buf).await;
     }
 }
 
@@ -161,6 +164,14 @@ fn pin_to(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    // The worker shares its CPU with the shard's reactor. As SCHED_IDLE it runs only while the
+    // reactor sleeps, and the reactor preempts it the moment a socket or the doorbell wakes it,
+    // so I/O (accepts, reads, 429s, deadline failures) never waits out a scheduler slice behind
+    // a batch. SAFETY: sched_setscheduler(0) with a valid param applies to this thread only.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 

@@ -17,7 +17,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
-    logs: mpsc::Receiver<String>,
+    logs: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -71,7 +71,7 @@ impl Server {
         Server {
             child,
             addr,
-            logs: rx,
+            logs: std::sync::Mutex::new(rx),
         }
     }
 
@@ -100,6 +100,8 @@ impl Server {
     /// Log lines printed so far (JSON objects).
     pub fn logs(&self) -> Vec<Value> {
         self.logs
+            .lock()
+            .unwrap()
             .try_iter()
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
@@ -336,4 +338,87 @@ pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap();
     path
+}
+
+/// Makes sure python3 can import `modules`, installing `packages` with pip if not. Fails (never
+/// skips) when it cannot.
+pub fn ensure_python(modules: &str, packages: &[&str]) {
+    let probe = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .expect("python3 must be installed for this test");
+    if probe.success() {
+        return;
+    }
+    eprintln!("installing {packages:?} with pip");
+    let install = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .args(packages)
+        .status()
+        .expect("run pip");
+    assert!(
+        install.success(),
+        "cannot install {packages:?}: run `python3 -m pip install {}`",
+        packages.join(" ")
+    );
+}
+
+/// One Prometheus sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: serde_json::Map<String, Value>,
+    pub value: f64,
+}
+
+/// Fetches `/metrics` and parses it with the official Prometheus Python parser.
+pub fn scrape(server: &Server) -> Vec<Sample> {
+    ensure_python("prometheus_client", &["prometheus-client"]);
+    let r = server.client().get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/parse_metrics.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the metrics parser");
+    child.stdin.take().unwrap().write_all(&r.body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected /metrics:\n{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let families: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    families
+        .iter()
+        .flat_map(|f| f["samples"].as_array().unwrap().clone())
+        .map(|s| Sample {
+            name: s["name"].as_str().unwrap().to_string(),
+            labels: s["labels"].as_object().unwrap().clone(),
+            value: s["value"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+/// The value of the sample `name` whose labels include every pair in `labels`.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).and_then(|x| x.as_str()) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+        .value
 }
