@@ -12,34 +12,45 @@
 //! | [`tensor`] | the domain types every layer shares: [`tensor::DataType`], [`tensor::Tensor`] |
 //! | [`http`] | sans-I/O HTTP/1.1: request head and body framing, response encoding |
 //! | [`protocol`] | sans-I/O KServe v2: routes, infer request decoding (JSON and binary), response encoding, metadata |
-//! | [`model`] | the [`model::Model`] trait, the built-in models, the registry of what this server serves |
+//! | [`model`] | the [`model::Model`] trait, the built-in models, the registry of what this server serves and how |
+//! | [`batch`] | sans-I/O dynamic batching: the policy state machine, joining and splitting batches |
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
+//! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
-//! | [`runtime`] | everything glommio: pinned executors, listeners, connections, buffers, the mesh, drain |
+//! | [`runtime`] | everything glommio: pinned executors, listeners, connections, buffers, batchers, workers, the mesh, drain |
 //!
 //! # Model
 //!
 //! One shard per CPU. A shard is one glommio `LocalExecutor` pinned to its CPU; it owns its
 //! `SO_REUSEPORT` listener (the kernel spreads new connections across shards), every connection
-//! it accepted, the buffers those connections read into and write from, its statistics and its
-//! drain state. Per-shard state is `Rc`/`Cell`, so it is `!Send` on purpose: the compiler rejects
-//! accidental sharing. A request is parsed, decoded, run through its model and answered on the
+//! it accepted, the buffers those connections read into and write from, one batcher per model
+//! (a bounded rtrb ring and the batching policy), its statistics and metrics and its drain
+//! state. Per-shard state is `Rc`/`Cell`, so it is `!Send` on purpose: the compiler rejects
+//! accidental sharing. A request is parsed, decoded, queued, batched, run and answered on the
 //! shard that accepted its connection; requests never cross cores.
+//!
+//! Where a batch runs is per model: `inline`, on the shard's thread in its own task queue, or
+//! `worker`, on a thread pinned to the shard's CPU at `SCHED_IDLE`, so the reactor preempts it
+//! whenever there is I/O to serve.
 //!
 //! Models are `Arc<dyn Model>`: loaded once, shared read-only by every shard, called with `&self`.
 //!
-//! Data crosses cores only through [`runtime::mesh`], and only off the request path:
+//! Data crosses threads only by these paths:
 //! - the control thread (signals) tells each shard to drain ([`runtime::mesh::ShardMsg::Drain`]);
-//! - a shard that answers `GET …/stats` asks its peers for their statistics and merges the
-//!   snapshots ([`runtime::mesh::ShardMsg::StatsRequest`] / [`runtime::mesh::ShardMsg::StatsReply`]).
+//! - a shard that answers `GET …/stats` or `GET /metrics` asks its peers for their numbers and
+//!   merges the snapshots ([`runtime::mesh::ShardMsg::SnapshotRequest`] /
+//!   [`runtime::mesh::ShardMsg::SnapshotReply`]);
+//! - a shard and its model workers hand batches back and forth through two wait-free rtrb rings,
+//!   a park token and a doorbell byte ([`runtime::worker`]); the worker shares the shard's CPU.
 //!
 //! # Invariants
 //!
-//! - No lock, no shared atomic and no cross-core message on the request path.
+//! - No lock, no shared atomic and no cross-core message on the request path; a model placed on a
+//!   worker adds only the worker handoff above, on the same CPU.
 //! - Nothing blocks a reactor: no blocking syscall, no sleeping, no waiting on another shard while
 //!   holding a connection hostage (the stats gather is bounded and times out).
-//! - Every queue is bounded: connections per shard, header bytes, body bytes, mesh channels,
-//!   concurrent stats gathers.
+//! - Every queue is bounded: connections per shard, header bytes, body bytes, requests waiting per
+//!   model (`max_queue_size`, 429 beyond it), worker rings, mesh channels, concurrent gathers.
 //! - No input can panic a shard: every decoder returns an error for every byte string.
 //! - The protocol core ([`http`], [`protocol`], [`service`], [`model`]) knows nothing of glommio;
 //!   only [`runtime`] does, so the I/O engine can change without touching them.

@@ -127,7 +127,7 @@ impl ModelRegistry {
         Self::from_config(&Config::default()).expect("the default config builds the built-ins")
     }
 
-    /// A registry of `models` at [`BUILTIN_VERSION`], each served with default settings and
+    /// A registry of `models` at the built-in version, each served with default settings and
     /// `placement`.
     pub fn from_models(models: Vec<Arc<dyn Model>>, placement: Placement) -> Self {
         let entries = models

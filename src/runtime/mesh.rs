@@ -3,7 +3,7 @@
 //! - The control thread (signals) reaches each shard through a bounded crossbeam channel that the
 //!   shard's housekeeping task polls ([`ControlPlane`]); only [`ShardMsg::Drain`] travels there.
 //! - Shards reach each other through a glommio full mesh of bounded SPSC channels, created once at
-//!   startup ([`Mesh`]); only snapshot gathers (statistics, metrics) travel there.
+//!   startup (`Mesh`); only snapshot gathers (statistics, metrics) travel there.
 //!
 //! Nothing here is on the request path, and nothing here ever waits on a full channel: every
 //! mesh send is a `try_send`, so two shards can never deadlock replying to each other, and a
