@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_QUEUE_SIZE: usize = 1024;
 pub const MAX_MAX_QUEUE_SIZE: usize = 1 << 16;
 /// Upper bound on `max_batch_size`.
 pub const MAX_MAX_BATCH_SIZE: usize = 4096;
+/// Upper bound on `priority_levels` (each level is a queue the batcher walks).
+pub const MAX_PRIORITY_LEVELS: u32 = 64;
 /// The models `[models.<name>]` may configure.
 pub const BUILTIN_MODELS: &[&str] = &["identity", "simple", "synthetic"];
 
@@ -449,6 +451,15 @@ fn validate_model(name: &str, m: &ModelSettings) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if b.priority_levels > MAX_PRIORITY_LEVELS {
+            return Err(invalid(
+                "models.*.dynamic_batching.priority_levels",
+                format!(
+                    "`{name}`: {} is above {MAX_PRIORITY_LEVELS}",
+                    b.priority_levels
+                ),
+            ));
+        }
         if b.priority_levels > 0 && !(1..=b.priority_levels).contains(&b.default_priority_level) {
             return Err(invalid(
                 "models.*.dynamic_batching.default_priority_level",
@@ -580,6 +591,10 @@ mod tests {
             (
                 "[models.simple.dynamic_batching]\nmax_queue_size = 0\n",
                 "models.*.dynamic_batching.max_queue_size",
+            ),
+            (
+                "[models.simple.dynamic_batching]\npriority_levels = 4000000000\n",
+                "models.*.dynamic_batching.priority_levels",
             ),
             (
                 "[models.simple.dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 3\n",

@@ -16,6 +16,8 @@ use crate::model::ModelRegistry;
 
 /// Significant digits kept by the histograms (1 % resolution).
 const SIGFIG: u8 = 2;
+/// Significant digits kept by the batch-size histogram: exact up to 2048 items.
+const BATCH_SIGFIG: u8 = 3;
 /// Longest duration a histogram holds exactly (10 minutes); longer values count at the top.
 const MAX_NANOS: u64 = 600_000_000_000;
 /// Largest batch size a histogram holds exactly.
@@ -61,10 +63,10 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn new(max: u64) -> Self {
+    fn new(max: u64, sigfig: u8) -> Self {
         Recorder {
             hist: RefCell::new(
-                Histogram::new_with_bounds(1, max, SIGFIG)
+                Histogram::new_with_bounds(1, max, sigfig)
                     .expect("static histogram bounds are valid"),
             ),
             sum: Cell::new(0),
@@ -96,10 +98,10 @@ pub struct ModelMetrics {
 impl ModelMetrics {
     fn new() -> Self {
         ModelMetrics {
-            request: Recorder::new(MAX_NANOS),
-            queue: Recorder::new(MAX_NANOS),
-            compute: Recorder::new(MAX_NANOS),
-            batch_size: Recorder::new(MAX_BATCH),
+            request: Recorder::new(MAX_NANOS, SIGFIG),
+            queue: Recorder::new(MAX_NANOS, SIGFIG),
+            compute: Recorder::new(MAX_NANOS, SIGFIG),
+            batch_size: Recorder::new(MAX_BATCH, BATCH_SIGFIG),
             outcomes: Default::default(),
         }
     }
@@ -266,7 +268,11 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
     let mut out = String::with_capacity(16 << 10);
     let labels = |i: usize| {
         let e = &registry.entries()[i];
-        format!("model=\"{}\",version=\"{}\"", e.name(), e.version)
+        format!(
+            "model=\"{}\",version=\"{}\"",
+            escape_label(e.name()),
+            escape_label(&e.version)
+        )
     };
     type Pick = fn(&ModelMetricsSnapshot) -> &HistogramSnapshot;
     let histograms: [(&str, &str, Pick, f64, &[f64]); 4] = [
@@ -373,13 +379,13 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
         (
             "friday_buffers_taken_total",
             "counter",
-            "Connection buffers taken from the shard's pools.",
+            "Buffers (connection and tensor) taken from the shard's pools.",
             |s| s.buffers_taken,
         ),
         (
             "friday_buffers_reused_total",
             "counter",
-            "Connection buffers reused from the pools rather than allocated.",
+            "Buffers reused from the pools rather than allocated.",
             |s| s.buffers_reused,
         ),
     ];
@@ -397,9 +403,40 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
     out
 }
 
+/// Escapes a label value for the text format (backslash, double quote, newline).
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("plain"), "plain");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn large_batch_sizes_land_in_the_right_bucket() {
+        let registry = ModelRegistry::builtin();
+        let m = ShardMetrics::new(&registry);
+        m.model(0).batch(1, 513);
+        let text = render(&registry, &[m.snapshot(0)]);
+        let l = "model=\"identity\",version=\"1\"";
+        assert!(
+            text.contains(&format!("friday_batch_size_bucket{{{l},le=\"512\"}} 0")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("friday_batch_size_bucket{{{l},le=\"1024\"}} 1")));
+    }
 
     #[test]
     fn renders_merged_histograms_and_counters() {

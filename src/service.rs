@@ -289,15 +289,12 @@ impl ShardService {
                             req.body,
                             req.inference_header,
                         )
-                        .and_then(|request| {
-                            let level = entry.serving.level(request.priority)?;
-                            Ok(InferJob {
-                                model: entry.index,
-                                request,
-                                received: req.received,
-                                decoded: Instant::now(),
-                                level,
-                            })
+                        .map(|request| InferJob {
+                            model: entry.index,
+                            level: entry.serving.level(request.priority),
+                            request,
+                            received: req.received,
+                            decoded: Instant::now(),
                         });
                         return match decoded {
                             Ok(job) => Ok(Action::Infer(job)),

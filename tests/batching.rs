@@ -269,12 +269,12 @@ fn higher_priority_requests_run_first() {
         send("high", 1, 30);
     });
     assert_eq!(*order.lock().unwrap(), vec!["blocker", "high", "low"]);
+    // As in Triton, a priority outside 1..=priority_levels means the default level.
     let r = s.client().post_json(
         "/v2/models/synthetic/infer",
         &synthetic_body(&[1.0], json!({"priority": 3})),
     );
-    assert_eq!(r.status, 400);
-    assert!(r.error().contains("priority 3"));
+    assert_eq!(r.status, 200);
 }
 
 #[test]
@@ -384,4 +384,74 @@ fn metrics_parse_and_count_what_was_sent() {
         assert_eq!(shards_seen, shards);
         assert!(sample(&m, "friday_connections_accepted_total", &[("shard", "0")]) >= 1.0);
     }
+}
+
+#[test]
+fn max_queue_size_bounds_waiting_requests_not_running_ones() {
+    let s = server_with(
+        1,
+        "queue-bound",
+        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 300000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
+         [models.synthetic.dynamic_batching]\nmax_queue_size = 2\n",
+    );
+    std::thread::scope(|scope| {
+        let send = |delay_ms: u64| {
+            let s = &s;
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                s.client()
+                    .post_json(
+                        "/v2/models/synthetic/infer",
+                        &synthetic_body(&[1.0], json!({})),
+                    )
+                    .status
+            })
+        };
+        // One runs, two wait: all three are admitted; the fourth finds the queue full.
+        let running = send(0);
+        let waiting = [send(40), send(60)];
+        let refused = send(120);
+        assert_eq!(refused.join().unwrap(), 429);
+        assert_eq!(running.join().unwrap(), 200);
+        for w in waiting {
+            assert_eq!(w.join().unwrap(), 200);
+        }
+    });
+}
+
+#[test]
+fn pipelined_responses_do_not_wait_for_a_later_batch() {
+    let s = server_with(
+        1,
+        "pipeline",
+        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 300000\ncost_per_item_us = 0\n",
+    );
+    let mut c = s.client();
+    let mut burst = request_bytes(
+        "POST",
+        "/v2/models/identity/infer",
+        &[],
+        json!({"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[7]}]})
+            .to_string()
+            .as_bytes(),
+    );
+    burst.extend(request_bytes(
+        "POST",
+        "/v2/models/synthetic/infer",
+        &[],
+        synthetic_body(&[1.0], json!({})).to_string().as_bytes(),
+    ));
+    let started = Instant::now();
+    c.send(&burst);
+    let first = c.read_response();
+    let first_at = started.elapsed();
+    let second = c.read_response();
+    let second_at = started.elapsed();
+    assert_eq!(first.json()["model_name"], "identity");
+    assert_eq!(second.json()["model_name"], "synthetic");
+    assert!(
+        first_at < Duration::from_millis(150),
+        "the identity answer waited for synthetic: {first_at:?}"
+    );
+    assert!(second_at >= Duration::from_millis(290), "{second_at:?}");
 }

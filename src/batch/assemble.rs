@@ -21,8 +21,13 @@ pub type Inputs = SmallVec<[Tensor<'static>; 2]>;
 
 /// Joins requests' inputs along the batch dimension. `parts` holds each request's inputs; all
 /// have the same shapes beyond the batch dimension (the policy only batches such requests).
-/// `buffer` supplies empty buffers for the joined data.
-pub fn concat(mut parts: Vec<Inputs>, mut buffer: impl FnMut(usize) -> Vec<u8>) -> Inputs {
+/// `buffer` supplies an empty buffer for `n` bytes of joined data; `recycle` takes back the
+/// parts' buffers once they are copied.
+pub fn concat(
+    mut parts: Vec<Inputs>,
+    mut buffer: impl FnMut(usize) -> Vec<u8>,
+    mut recycle: impl FnMut(Vec<u8>),
+) -> Inputs {
     if parts.len() == 1 {
         return parts.pop().expect("one part");
     }
@@ -47,6 +52,11 @@ pub fn concat(mut parts: Vec<Inputs>, mut buffer: impl FnMut(usize) -> Vec<u8>) 
             shape,
             data: Cow::Owned(data),
         });
+    }
+    for t in parts.into_iter().flatten() {
+        if let Cow::Owned(v) = t.data {
+            recycle(v);
+        }
     }
     joined
 }
@@ -259,7 +269,7 @@ mod tests {
         let b: Inputs = smallvec![f32s(2, 3, 100.0)];
         let expect_a = a[0].data.clone();
         let expect_b = b[0].data.clone();
-        let joined = concat(vec![a, b], Vec::with_capacity);
+        let joined = concat(vec![a, b], Vec::with_capacity, drop);
         assert_eq!(joined[0].shape.as_slice(), &[3, 3]);
         let result = run(&Identity::new(), joined, &[1, 2], true).unwrap();
         assert!(matches!(result.outputs[0].data, OutputData::Input { .. }));
@@ -275,7 +285,7 @@ mod tests {
     fn a_single_request_moves_its_inputs() {
         let a: Inputs = smallvec![f32s(1, 3, 0.0)];
         let ptr = a[0].data.as_ptr();
-        let joined = concat(vec![a], Vec::with_capacity);
+        let joined = concat(vec![a], Vec::with_capacity, drop);
         assert_eq!(joined[0].data.as_ptr(), ptr);
     }
 
@@ -290,7 +300,7 @@ mod tests {
         let b: Inputs = smallvec![int32(2, 10), int32(2, 20)];
         let result = run(
             &Simple::new(),
-            concat(vec![a, b], Vec::with_capacity),
+            concat(vec![a, b], Vec::with_capacity, drop),
             &[1, 2],
             true,
         )

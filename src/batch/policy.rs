@@ -10,8 +10,8 @@
 //!   by themselves under load and a lone request never waits.
 //! - With a positive delay, the candidate waits for company, but at most until the oldest request
 //!   in it has waited `max_queue_delay`, and never closer than [`DEADLINE_GUARD`] to the earliest
-//!   deadline in it. A full batch, or one that reaches a `preferred_batch_size`, goes at once
-//!   (the largest preferred size it can make).
+//!   deadline in it. A full batch, one that reaches a `preferred_batch_size` (the largest it can
+//!   make), or one that cannot grow because the next request in line cannot join it goes at once.
 //! - Deadlines: a request whose deadline passes while queued is returned as expired at that
 //!   moment (the caller fails it); [`Step::wake_at`] says when to poll again so that happens on
 //!   time even while the model slot is busy.
@@ -156,11 +156,13 @@ impl<T: Batchable> BatchQueue<T> {
     }
 
     /// Decides what happens now. `slot_free` says whether the model can take a batch; `gone`
-    /// says whether a request's client has left.
+    /// says whether a request's client has left, and is consulted only when `check_gone` is set
+    /// (the caller knows when a client may have left since the last poll).
     pub fn poll(
         &mut self,
         now: Instant,
         slot_free: bool,
+        check_gone: bool,
         mut gone: impl FnMut(&T) -> bool,
         step: &mut Step<T>,
     ) {
@@ -168,8 +170,11 @@ impl<T: Batchable> BatchQueue<T> {
         if self.next_deadline.is_some_and(|d| d <= now) {
             self.expire(now, step);
         }
+        if check_gone {
+            self.drop_gone(&mut gone, step);
+        }
         if slot_free && self.len > 0 {
-            self.consider_batch(now, &mut gone, step);
+            self.consider_batch(now, step);
         }
         if step.batch.is_empty() || self.len > 0 {
             step.wake_at = min_opt(step.wake_at, self.next_deadline);
@@ -180,31 +185,25 @@ impl<T: Batchable> BatchQueue<T> {
     fn expire(&mut self, now: Instant, step: &mut Step<T>) {
         let mut next = None;
         for level in &mut self.levels {
-            let mut i = 0;
-            while i < level.len() {
-                match level[i].deadline {
-                    Some(d) if d <= now => {
-                        let e = level.remove(i).expect("index checked against len");
-                        step.expired.push(e.item);
-                        self.len -= 1;
-                    }
+            let before = level.len();
+            let mut kept = VecDeque::with_capacity(before);
+            for e in level.drain(..) {
+                match e.deadline {
+                    Some(d) if d <= now => step.expired.push(e.item),
                     d => {
                         next = min_opt(next, d);
-                        i += 1;
+                        kept.push_back(e);
                     }
                 }
             }
+            *level = kept;
+            self.len -= before - level.len();
         }
         self.next_deadline = next;
     }
 
-    fn consider_batch(
-        &mut self,
-        now: Instant,
-        gone: &mut impl FnMut(&T) -> bool,
-        step: &mut Step<T>,
-    ) {
-        // Drop requests whose client left, wherever they are in line.
+    /// Drops requests whose client left, wherever they are in line.
+    fn drop_gone(&mut self, gone: &mut impl FnMut(&T) -> bool, step: &mut Step<T>) {
         for level in &mut self.levels {
             if level.iter().any(|e| gone(&e.item)) {
                 let before = level.len();
@@ -220,10 +219,9 @@ impl<T: Batchable> BatchQueue<T> {
                 self.len -= before - level.len();
             }
         }
-        if self.len == 0 {
-            return;
-        }
+    }
 
+    fn consider_batch(&mut self, now: Instant, step: &mut Step<T>) {
         // The candidate: a prefix of the queue in priority order.
         let max = self.cfg.max_batch_size;
         let mut taken = 0usize; // requests
@@ -232,10 +230,13 @@ impl<T: Batchable> BatchQueue<T> {
         let mut earliest_deadline: Option<Instant> = None;
         let mut preferred_cut: Option<(usize, usize)> = None; // (requests, items)
         let mut first: Option<&T> = None;
+        // The next request in line cannot join: waiting cannot grow this batch.
+        let mut blocked = false;
         'outer: for level in &self.levels {
             for e in level {
                 if let Some(f) = first {
                     if !e.item.fits_with(f) || items + e.item.items() > max {
+                        blocked = true;
                         break 'outer;
                     }
                 } else {
@@ -252,7 +253,7 @@ impl<T: Batchable> BatchQueue<T> {
         }
 
         let delay = self.cfg.max_queue_delay;
-        let cut = if delay.is_zero() || items == max {
+        let cut = if delay.is_zero() || items == max || blocked {
             Some(taken)
         } else if let Some((requests, _)) = preferred_cut {
             Some(requests)
@@ -272,6 +273,12 @@ impl<T: Batchable> BatchQueue<T> {
         if let Some(n) = cut {
             self.take(n, step);
         }
+    }
+
+    /// The waiting requests in priority order (for tests).
+    #[cfg(test)]
+    fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.levels.iter().flat_map(|l| l.iter().map(|e| &e.item))
     }
 
     /// Moves the first `n` requests in priority order into the batch.
@@ -355,11 +362,11 @@ mod tests {
         for i in 0..6 {
             q.push(req(i, 1), 0, None, t0).unwrap();
         }
-        q.poll(t0, false, |_| false, &mut s);
+        q.poll(t0, false, true, |_| false, &mut s);
         assert!(s.batch.is_empty(), "the slot is busy");
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![0, 1, 2, 3]);
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![4, 5]);
         assert!(q.is_empty());
     }
@@ -370,7 +377,7 @@ mod tests {
         let mut q = BatchQueue::new(cfg(32, 0, &[]));
         let mut s = Step::default();
         q.push(req(1, 1), 0, None, t0).unwrap();
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![1]);
     }
 
@@ -380,13 +387,13 @@ mod tests {
         let mut q = BatchQueue::new(cfg(8, 1000, &[]));
         let mut s = Step::default();
         q.push(req(1, 1), 0, None, t0).unwrap();
-        q.poll(us(t0, 10), true, |_| false, &mut s);
+        q.poll(us(t0, 10), true, true, |_| false, &mut s);
         assert!(s.batch.is_empty());
         assert_eq!(s.wake_at, Some(us(t0, 1000)));
         q.push(req(2, 2), 0, None, us(t0, 500)).unwrap();
-        q.poll(us(t0, 999), true, |_| false, &mut s);
+        q.poll(us(t0, 999), true, true, |_| false, &mut s);
         assert!(s.batch.is_empty());
-        q.poll(us(t0, 1000), true, |_| false, &mut s);
+        q.poll(us(t0, 1000), true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![1, 2]);
     }
 
@@ -398,7 +405,7 @@ mod tests {
         for i in 0..3 {
             q.push(req(i, 1), 0, None, t0).unwrap();
         }
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![0, 1, 2]);
     }
 
@@ -410,13 +417,13 @@ mod tests {
         for i in 0..5 {
             q.push(req(i, 1), 0, None, t0).unwrap();
         }
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(
             ids(&s.batch),
             vec![0, 1, 2, 3],
             "the largest preferred size, 4"
         );
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert!(s.batch.is_empty(), "1 is not preferred: wait for the delay");
     }
 
@@ -427,11 +434,11 @@ mod tests {
         let mut s = Step::default();
         q.push(req(1, 1), 0, Some(us(t0, 300)), t0).unwrap();
         q.push(req(2, 1), 0, None, t0).unwrap();
-        q.poll(us(t0, 100), false, |_| false, &mut s);
+        q.poll(us(t0, 100), false, true, |_| false, &mut s);
         assert_eq!(s.wake_at, Some(us(t0, 300)));
-        q.poll(us(t0, 300), false, |_| false, &mut s);
+        q.poll(us(t0, 300), false, true, |_| false, &mut s);
         assert_eq!(ids(&s.expired), vec![1]);
-        q.poll(us(t0, 400), true, |_| false, &mut s);
+        q.poll(us(t0, 400), true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![2]);
     }
 
@@ -441,10 +448,10 @@ mod tests {
         let mut q = BatchQueue::new(cfg(8, 10_000, &[]));
         let mut s = Step::default();
         q.push(req(1, 1), 0, Some(us(t0, 2000)), t0).unwrap();
-        q.poll(us(t0, 1), true, |_| false, &mut s);
+        q.poll(us(t0, 1), true, true, |_| false, &mut s);
         assert!(s.batch.is_empty());
         assert_eq!(s.wake_at, Some(us(t0, 2000) - DEADLINE_GUARD));
-        q.poll(us(t0, 1900), true, |_| false, &mut s);
+        q.poll(us(t0, 1900), true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![1]);
     }
 
@@ -460,10 +467,38 @@ mod tests {
         q.push(req(2, 1), 1, None, t0).unwrap();
         q.push(req(3, 1), 0, None, t0).unwrap();
         q.push(req(4, 1), 9, None, t0).unwrap();
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![3, 2]);
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(ids(&s.batch), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_batch_that_cannot_grow_goes_at_once() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(cfg(4, 10_000, &[]));
+        let mut s = Step::default();
+        q.push(req(1, 3), 0, None, t0).unwrap();
+        q.push(req(2, 2), 0, None, t0).unwrap();
+        q.poll(t0, true, true, |_| false, &mut s);
+        assert_eq!(
+            ids(&s.batch),
+            vec![1],
+            "2 cannot join 1 (3 + 2 > 4): no point waiting"
+        );
+        q.push(
+            Req {
+                id: 3,
+                items: 1,
+                shape: 1,
+            },
+            0,
+            None,
+            t0,
+        )
+        .unwrap();
+        q.poll(t0, true, true, |_| false, &mut s);
+        assert_eq!(ids(&s.batch), vec![2], "3 has another shape");
     }
 
     #[test]
@@ -504,7 +539,7 @@ mod tests {
             t0,
         )
         .unwrap();
-        q.poll(t0, true, |_| false, &mut s);
+        q.poll(t0, true, true, |_| false, &mut s);
         assert_eq!(
             ids(&s.batch),
             vec![1],
@@ -524,7 +559,7 @@ mod tests {
             q.push(req(i, 1), 0, None, t0).unwrap();
         }
         assert_eq!(q.push(req(9, 1), 0, None, t0).unwrap_err().id, 9);
-        q.poll(t0, true, |r| r.id == 1, &mut s);
+        q.poll(t0, true, true, |r| r.id == 1, &mut s);
         assert_eq!(ids(&s.dropped), vec![1]);
         assert_eq!(ids(&s.batch), vec![0, 2]);
     }
@@ -610,6 +645,12 @@ mod tests {
                     let wake = s.wake_at.expect("a waiting batch always has a wake-up time");
                     prop_assert!(wake > now);
                     prop_assert!(delay_us > 0, "zero delay must dispatch whenever the slot is free");
+                    // A held batch must be able to grow: everything waiting can still join it.
+                    let waiting: Vec<&Req> = q.waiting().collect();
+                    let total: usize = waiting.iter().map(|r| r.items).sum();
+                    prop_assert!(total < max, "held a batch that is already full");
+                    prop_assert!(waiting.iter().all(|r| r.shape == waiting[0].shape),
+                        "held a batch that the next request cannot join");
                 }
                 if !s.batch.is_empty() && delay_us > 0 && total != max {
                     // Dispatched before its hold ended only if it reached a preferred size.
@@ -617,8 +658,12 @@ mod tests {
                     let deadline = s.batch.iter().filter_map(|r| enqueued[&r.id].1).min();
                     let mut hold = oldest + Duration::from_micros(delay_us);
                     if let Some(d) = deadline { hold = hold.min(d - DEADLINE_GUARD); }
-                    prop_assert!(now >= hold || preferred.contains(&total),
-                        "batch of {} dispatched early without being preferred", total);
+                    // ... or if the next request in line cannot join it, so waiting is futile.
+                    let blocked = q.waiting().next().is_some_and(|next| {
+                        next.shape != s.batch[0].shape || total + next.items > max
+                    });
+                    prop_assert!(now >= hold || preferred.contains(&total) || blocked,
+                        "batch of {} dispatched early without being preferred or blocked", total);
                 }
                 Ok(())
             };
@@ -637,7 +682,7 @@ mod tests {
                     }
                     Op::Advance(d) => now += Duration::from_micros(d),
                     Op::Poll { slot_free } => {
-                        q.poll(now, slot_free, |r| gone_ids.contains(&r.id), &mut s);
+                        q.poll(now, slot_free, true, |r| gone_ids.contains(&r.id), &mut s);
                         check(&s, now, slot_free, &q, &mut outcomes, &enqueued)?;
                     }
                     Op::Gone(id) => { gone_ids.insert(id); }
@@ -647,7 +692,7 @@ mod tests {
             for _ in 0..200 {
                 if q.is_empty() { break; }
                 now += Duration::from_micros(500);
-                q.poll(now, true, |r| gone_ids.contains(&r.id), &mut s);
+                q.poll(now, true, true, |r| gone_ids.contains(&r.id), &mut s);
                 check(&s, now, true, &q, &mut outcomes, &enqueued)?;
             }
             prop_assert!(q.is_empty());

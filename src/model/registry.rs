@@ -60,19 +60,14 @@ impl Serving {
         }
     }
 
-    /// The queue level (0-based) for a request's `priority` parameter (Triton: 1 is highest,
-    /// 0 or absent means the default level).
-    pub fn level(&self, priority: Option<u64>) -> Result<usize, ApiError> {
+    /// The queue level (0-based) for a request's `priority` parameter. As in Triton, 1 is the
+    /// highest level, and 0, a value above `priority_levels`, or no parameter at all means the
+    /// default level, so clients that always send a priority keep working.
+    pub fn level(&self, priority: Option<u64>) -> usize {
         let levels = self.dynamic_batching.priority_levels as u64;
         match priority {
-            None | Some(0) => Ok(self.default_level),
-            Some(p) if levels == 0 => Err(ApiError::invalid(format!(
-                "priority {p} was requested but the model has no priority levels"
-            ))),
-            Some(p) if p > levels => Err(ApiError::invalid(format!(
-                "priority {p} is outside 1..={levels} (the model's priority_levels)"
-            ))),
-            Some(p) => Ok(p as usize - 1),
+            Some(p) if p >= 1 && p <= levels => p as usize - 1,
+            _ => self.default_level,
         }
     }
 }
@@ -267,12 +262,17 @@ mod serving_tests {
         assert_eq!(s.policy.priority_levels, 3);
         assert_eq!(s.placement, Placement::Inline);
         assert_eq!(s.default_timeout, Some(Duration::from_micros(300)));
-        assert_eq!(s.level(None).unwrap(), 1);
-        assert_eq!(s.level(Some(1)).unwrap(), 0);
-        assert_eq!(s.level(Some(4)).unwrap_err().status(), 400);
+        assert_eq!(s.level(None), 1);
+        assert_eq!(s.level(Some(1)), 0);
+        assert_eq!(s.level(Some(0)), 1);
+        assert_eq!(
+            s.level(Some(4)),
+            1,
+            "out of range means the default level, as in Triton"
+        );
         let identity = &r.lookup("identity", None).unwrap().serving;
         assert_eq!(identity.policy.max_batch_size, 64);
         assert!(identity.policy.max_queue_delay.is_zero());
-        assert_eq!(identity.level(Some(1)).unwrap_err().status(), 400);
+        assert_eq!(identity.level(Some(1)), 0);
     }
 }

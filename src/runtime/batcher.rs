@@ -1,8 +1,8 @@
 //! The request batcher of one model on one shard.
 //!
 //! Connection tasks [`Batcher::submit`] a decoded request: admission is checked at once (429 when
-//! `max_queue_size` requests are already outstanding or the ring is full), its tensors are copied
-//! into pooled buffers, and it goes into a bounded rtrb ring. The batcher task drains the ring
+//! `max_queue_size` requests already wait), its tensors are copied into pooled buffers, and it
+//! goes into a bounded rtrb ring. The batcher task drains the ring
 //! into the [`BatchQueue`] policy and acts on its decisions: it fails requests whose deadline
 //! passed (at that moment, even while a batch runs), drops requests whose client left, and
 //! dispatches a batch whenever the model slot is free. The batch runs either inline, on this
@@ -104,8 +104,13 @@ pub(crate) struct Batcher {
     submit: RefCell<rtrb::Producer<Submission>>,
     doorbell: LocalSender<()>,
     pending: RefCell<Slab<Pending>>,
-    /// Admitted and not yet completed.
+    /// Admitted and not yet completed (waiting or running).
     outstanding: Cell<usize>,
+    /// Admitted and not yet batched: what `max_queue_size` bounds.
+    queued: Cell<usize>,
+    /// Bumped whenever a waiting request may have lost its client (the shard's hang-up sweep, an
+    /// abandoned ticket), so the batcher looks for gone clients only then.
+    gone_epoch: Rc<Cell<u64>>,
 }
 
 /// Awaits a submitted request's [`Outcome`].
@@ -152,7 +157,11 @@ impl Drop for Ticket {
                 State::Done(_) => {
                     pending.remove(self.key);
                 }
-                State::Waiting(_) => entry.abandoned = true,
+                State::Waiting(_) => {
+                    entry.abandoned = true;
+                    let epoch = &self.batcher.gone_epoch;
+                    epoch.set(epoch.get().wrapping_add(1));
+                }
             }
         }
     }
@@ -160,11 +169,12 @@ impl Drop for Ticket {
 
 impl Batcher {
     /// Creates the batcher of `entry` on this shard and starts its task (and worker thread, for
-    /// `worker` placement, pinned to `cpu`).
+    /// `worker` placement, pinned to `cpu`). `gone_epoch` is bumped by the shard's hang-up sweep.
     pub(crate) fn start(
         entry: &ModelEntry,
         service: Rc<ShardService>,
         pool: Rc<BufferPool>,
+        gone_epoch: Rc<Cell<u64>>,
         cpu: usize,
         queue: TaskQueueHandle,
     ) -> Result<Rc<Batcher>, String> {
@@ -194,6 +204,8 @@ impl Batcher {
             doorbell,
             pending: RefCell::new(Slab::with_capacity(capacity.min(1024))),
             outstanding: Cell::new(0),
+            queued: Cell::new(0),
+            gone_epoch,
         });
         let task = BatcherTask {
             batcher: batcher.clone(),
@@ -204,6 +216,7 @@ impl Batcher {
             doorbell: doorbell_rx,
             worker,
             in_flight: None,
+            seen_gone_epoch: 0,
         };
         glommio::spawn_local_into(task.run(), queue)
             .map_err(|e| format!("cannot spawn the batcher of model '{}': {e}", entry.name()))?
@@ -223,13 +236,13 @@ impl Batcher {
         conn: &Rc<ConnState>,
     ) -> Result<Ticket, ApiError> {
         let mut submit = self.submit.borrow_mut();
-        if self.outstanding.get() >= self.max_queue_size || submit.is_full() {
+        if self.queued.get() >= self.max_queue_size || submit.is_full() {
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 format!(
                     "model '{}' has {} requests waiting on this shard (max_queue_size); retry later",
                     self.name,
-                    self.outstanding.get()
+                    self.queued.get()
                 ),
             ));
         }
@@ -248,6 +261,7 @@ impl Batcher {
                     std::borrow::Cow::Owned(v) => v,
                     std::borrow::Cow::Borrowed(b) => {
                         let mut v = self.pool.take();
+                        v.reserve(b.len());
                         v.extend_from_slice(b);
                         v
                     }
@@ -270,6 +284,7 @@ impl Batcher {
             unreachable!("the ring was checked not full above, and only this task pushes");
         }
         self.outstanding.set(self.outstanding.get() + 1);
+        self.queued.set(self.queued.get() + 1);
         // A full doorbell already holds a wake-up.
         let _ = self.doorbell.try_send(());
         Ok(Ticket {
@@ -284,7 +299,11 @@ impl Batcher {
         let mut pending = self.pending.borrow_mut();
         let entry = &mut pending[ticket];
         if entry.abandoned {
+            // Its connection task is gone (drain deadline, a dropped connection): count it here,
+            // as nobody else will.
             pending.remove(ticket);
+            drop(pending);
+            self.service.record_cancelled(self.index);
             return;
         }
         if let State::Waiting(Some(waker)) =
@@ -298,6 +317,11 @@ impl Batcher {
         let pending = self.pending.borrow();
         let entry = &pending[ticket];
         entry.abandoned || entry.conn.is_gone()
+    }
+
+    /// Marks `n` requests as having left the queue (batched, expired, dropped or refused).
+    fn dequeued(&self, n: usize) {
+        self.queued.set(self.queued.get() - n);
     }
 
     /// Gives a finished batch's buffers back to the pool once no request reads it any more.
@@ -320,6 +344,8 @@ struct BatcherTask {
     doorbell: LocalReceiver<()>,
     worker: Option<Worker>,
     in_flight: Option<InFlight>,
+    /// The gone epoch at the last look for gone clients.
+    seen_gone_epoch: u64,
 }
 
 impl BatcherTask {
@@ -330,7 +356,8 @@ impl BatcherTask {
             while let Ok(sub) = self.ring.pop() {
                 let (level, deadline) = (sub.level, sub.deadline);
                 if let Err(sub) = self.queue.push(sub, level, deadline, now) {
-                    // Admission counts every outstanding request, so the queue has room.
+                    // Admission bounds the queued requests by the same size, so this is a bug.
+                    self.batcher.dequeued(1);
                     let e = ApiError::new(ErrorKind::Overloaded, "the queue is full; retry later");
                     self.batcher.complete(sub.ticket, Outcome::Failed(e));
                 }
@@ -339,12 +366,17 @@ impl BatcherTask {
                 self.finish(done);
             }
             let batcher = self.batcher.clone();
+            let epoch = batcher.gone_epoch.get();
+            let check_gone = epoch != self.seen_gone_epoch;
+            self.seen_gone_epoch = epoch;
             self.queue.poll(
                 now,
                 self.in_flight.is_none(),
+                check_gone,
                 |s| batcher.is_gone(s.ticket),
                 &mut step,
             );
+            batcher.dequeued(step.batch.len() + step.expired.len() + step.dropped.len());
             for s in step.expired.drain(..) {
                 let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
                 self.batcher.complete(
@@ -385,11 +417,15 @@ impl BatcherTask {
             parts.push(s.inputs);
         }
         let pool = self.batcher.pool.clone();
-        let inputs = assemble::concat(parts, |n| {
-            let mut v = pool.take();
-            v.reserve(n);
-            v
-        });
+        let inputs = assemble::concat(
+            parts,
+            |n| {
+                let mut v = pool.take();
+                v.reserve(n);
+                v
+            },
+            |v| pool.give(v),
+        );
         let items = sizes.iter().sum();
         self.in_flight = Some(InFlight {
             tickets,
@@ -476,15 +512,35 @@ impl BatcherTask {
         let arrival = async {
             let _ = doorbell.recv().await;
         };
-        match (&mut self.worker, &self.in_flight) {
+        let worker_alive = match (&mut self.worker, &self.in_flight) {
             (Some(worker), Some(_)) => {
-                futures_lite::future::or(
-                    futures_lite::future::or(arrival, timer),
-                    worker.doorbell(),
-                )
-                .await
+                let other = async {
+                    futures_lite::future::or(arrival, timer).await;
+                    true
+                };
+                futures_lite::future::or(other, worker.doorbell()).await
             }
-            _ => futures_lite::future::or(arrival, timer).await,
+            _ => {
+                futures_lite::future::or(arrival, timer).await;
+                true
+            }
+        };
+        if !worker_alive {
+            // The worker's end of the doorbell closed: its thread is gone. Keep what it finished,
+            // fail the batch it still held, and run this model's batches inline from now on.
+            if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
+                self.finish(done);
+            }
+            tracing::error!(model = %self.batcher.name, "the model's worker stopped; running its batches inline");
+            self.worker = None;
+            if self.in_flight.is_some() {
+                let now = Instant::now();
+                self.finish(JobDone {
+                    result: Err("its worker thread stopped".into()),
+                    infer_start: now,
+                    infer_end: now,
+                });
+            }
         }
     }
 }

@@ -136,17 +136,20 @@ impl ConnTable {
         self.accepted.get()
     }
 
-    /// Marks busy connections whose client hung up (closed, reset, or shut its sending side), in
-    /// one `poll` call for all of them.
-    pub(crate) fn detect_gone(&self) {
+    /// Marks busy connections whose client hung up (closed, reset, or shut its sending side, which
+    /// HTTP clients do only when they are done), in one `poll` call for all of them. Returns
+    /// whether it marked any.
+    pub(crate) fn detect_gone(&self) -> bool {
         let slots = self.slots.borrow();
         let busy: Vec<&Rc<ConnState>> = slots
             .iter()
             .map(|(_, c)| c)
-            .filter(|c| c.phase.get() == Phase::Busy && !c.gone.get())
+            // A socket whose read side we shut ourselves (drain) reports POLLRDHUP too: that
+            // is not its client leaving.
+            .filter(|c| c.phase.get() == Phase::Busy && !c.gone.get() && !c.shut.get())
             .collect();
         if busy.is_empty() {
-            return;
+            return false;
         }
         let mut fds: Vec<libc::pollfd> = busy
             .iter()
@@ -160,13 +163,16 @@ impl ConnTable {
         // belongs to a live connection (see `sweep`).
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
         if n <= 0 {
-            return;
+            return false;
         }
+        let mut marked = false;
         for (c, p) in busy.iter().zip(&fds) {
             if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
                 c.gone.set(true);
+                marked = true;
             }
         }
+        marked
     }
 
     /// Shuts down connections that overstayed their phase, and, when `draining`, idle ones.
@@ -226,11 +232,16 @@ mod tests {
             .register(std::os::fd::AsRawFd::as_raw_fd(&server), Instant::now())
             .unwrap();
         c.state.enter(Phase::Busy, Instant::now());
-        t.detect_gone();
+        assert!(!t.detect_gone());
         assert!(!c.state.is_gone());
+        // Our own drain shutdown is not the client leaving.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&server), libc::SHUT_RD) };
+        c.state.shut.set(true);
+        assert!(!t.detect_gone());
+        c.state.shut.set(false);
         drop(client);
         std::thread::sleep(Duration::from_millis(20));
-        t.detect_gone();
+        assert!(t.detect_gone());
         assert!(c.state.is_gone());
     }
 

@@ -10,7 +10,9 @@
 //! it never unwinds into the shard.
 //!
 //! This task must never block the reactor and never hold a request hostage: the only await points
-//! are the socket read, the socket write, and the bounded statistics gather.
+//! are the socket read, the socket write, the bounded statistics gather, and an infer request's
+//! ticket (bounded by its deadline, its batch, or its client leaving). Before awaiting a ticket it
+//! sends the responses of earlier pipelined requests, so they never wait on a later batch.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,7 +24,7 @@ use glommio::net::TcpStream;
 
 use super::batcher::Outcome;
 use super::buffers::RETAIN_MAX_BYTES;
-use super::conn_table::{ConnHandle, ConnState, Phase};
+use super::conn_table::{ConnHandle, Phase};
 use super::mesh::{Snapshot, SnapshotSource};
 use super::shard::Shard;
 use crate::error::ApiError;
@@ -244,7 +246,7 @@ async fn run(
                 head_only: head.method == Method::Head,
                 http_1_0: head.minor_version == 0,
             };
-            let mark = write.len();
+            let mut mark = write.len();
             let date = shard.service.date();
             // Scoped so that everything borrowing the request's bytes ends here.
             let (keep_open, client_gone) = {
@@ -259,10 +261,35 @@ async fn run(
                         (resp.keep_alive(), false)
                     }
                     Ok(Action::Infer(mut job)) => {
-                        if infer(shard, &conn.state, &mut job, &mut resp).await {
-                            (resp.keep_alive(), false)
-                        } else {
-                            (false, true)
+                        let batcher = &shard.batchers[job.model];
+                        match batcher.submit(&mut job, &conn.state) {
+                            Err(e) => {
+                                shard.service.finish_infer(&job, Err(e), &mut resp);
+                                (resp.keep_alive(), false)
+                            }
+                            Ok(ticket) => {
+                                // `resp` has written nothing: send what earlier pipelined
+                                // requests got, so they do not wait on this one's batch.
+                                if !write.is_empty() {
+                                    flush(stream, write, conn).await?;
+                                    conn.state.enter(Phase::Busy, Instant::now());
+                                    mark = 0;
+                                }
+                                let outcome = ticket.await;
+                                let mut resp = Responder::new(write, scratch, &date, mode);
+                                let answered = catch_unwind(AssertUnwindSafe(|| {
+                                    answer_infer(shard, &job, outcome, &mut resp)
+                                }));
+                                match answered {
+                                    Ok(true) => (resp.keep_alive(), false),
+                                    Ok(false) => (false, true),
+                                    Err(_) => {
+                                        write.truncate(mark);
+                                        internal_error(shard, write, scratch);
+                                        (false, false)
+                                    }
+                                }
+                            }
                         }
                     }
                     Err(_) => {
@@ -346,23 +373,15 @@ async fn gather(shard: &Shard, what: Gather, resp: &mut Responder<'_>) {
     }
 }
 
-/// Runs an infer request through its model's batcher and answers it. Returns false when the
-/// client left before the request was batched: there is nobody to answer.
-async fn infer(
+/// Answers an infer request once its batcher is done with it. Returns false when the client left
+/// before the request was batched: there is nobody to answer.
+fn answer_infer(
     shard: &Shard,
-    conn: &Rc<ConnState>,
-    job: &mut InferJob<'_>,
+    job: &InferJob<'_>,
+    outcome: Outcome,
     resp: &mut Responder<'_>,
 ) -> bool {
-    let batcher = &shard.batchers[job.model];
-    let ticket = match batcher.submit(job, conn) {
-        Ok(t) => t,
-        Err(e) => {
-            shard.service.finish_infer(job, Err(e), resp);
-            return true;
-        }
-    };
-    match ticket.await {
+    match outcome {
         Outcome::Ran {
             result,
             index,
@@ -379,7 +398,7 @@ async fn infer(
             };
             shard.service.finish_infer(job, Ok(ran), resp);
             drop(outputs);
-            batcher.recycle(result);
+            shard.batchers[job.model].recycle(result);
             true
         }
         Outcome::Failed(e) => {

@@ -84,6 +84,8 @@ pub(crate) struct Shard {
     pub(crate) tensor_pool: Rc<BufferPool>,
     /// One per registry model, in registry order.
     pub(crate) batchers: Vec<Rc<Batcher>>,
+    /// Bumped when the hang-up sweep finds clients that left (the batchers then look).
+    gone_epoch: Rc<Cell<u64>>,
     pub(crate) limits: Limits,
     pub(crate) queues: TaskQueues,
     /// Closed when the drain starts: the accept loop waits on it beside `accept`.
@@ -171,15 +173,18 @@ async fn serve(setup: ShardSetup) {
         }
     };
     let tensor_pool = Rc::new(BufferPool::new(TENSOR_BUFFER_BYTES));
+    let gone_epoch = Rc::new(Cell::new(0u64));
     let mut batchers = Vec::new();
     for entry in state.registry().entries() {
-        match Batcher::start(
+        let started_batcher = Batcher::start(
             entry,
             service.clone(),
             tensor_pool.clone(),
+            gone_epoch.clone(),
             cpu,
             queues.batch,
-        ) {
+        );
+        match started_batcher {
             Ok(b) => batchers.push(b),
             Err(e) => {
                 let _ = started.send(Err(format!("shard {id}: {e}")));
@@ -199,6 +204,7 @@ async fn serve(setup: ShardSetup) {
         write_pool: BufferPool::new(WRITE_BUFFER_BYTES),
         tensor_pool,
         batchers,
+        gone_epoch,
         limits: Limits {
             max_header_bytes: http.max_header_bytes,
             max_body_bytes: http.max_body_bytes,
@@ -336,7 +342,9 @@ async fn housekeeping(shard: Rc<Shard>, control: channel::Receiver<ShardMsg>, ti
         let swept = shard
             .conns
             .sweep(Instant::now(), &timeouts, shard.service.is_draining());
-        shard.conns.detect_gone();
+        if shard.conns.detect_gone() {
+            shard.gone_epoch.set(shard.gone_epoch.get().wrapping_add(1));
+        }
         if swept.timed_out > 0 {
             debug!(
                 shard = shard.id,

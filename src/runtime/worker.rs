@@ -22,6 +22,8 @@ use crate::model::Model;
 
 /// Jobs (and completions) that fit in each ring; one is ever in flight.
 const RING_CAPACITY: usize = 2;
+/// Exit status when a worker thread panics (EX_SOFTWARE, as for a shard).
+const WORKER_PANIC_EXIT_STATUS: i32 = 70;
 
 /// A batch for the worker to run.
 pub struct Job {
@@ -64,14 +66,22 @@ impl Worker {
         let thread_stop = stop.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             pin_to(cpu);
-            run(
-                model.as_ref(),
-                batched,
-                jobs_rx,
-                done_tx,
-                worker_end,
-                &thread_stop,
-            );
+            let body = std::panic::AssertUnwindSafe(|| {
+                run(
+                    model.as_ref(),
+                    batched,
+                    jobs_rx,
+                    done_tx,
+                    worker_end,
+                    &thread_stop,
+                )
+            });
+            // Model panics are caught per batch; anything else is a bug in friday. A server
+            // missing a worker would go on half-alive, so exit and let a supervisor restart it.
+            if std::panic::catch_unwind(body).is_err() {
+                tracing::error!("a model worker panicked; exiting");
+                std::process::exit(WORKER_PANIC_EXIT_STATUS);
+            }
         })?;
         Ok(Worker {
             jobs: jobs_tx,
@@ -95,10 +105,11 @@ impl Worker {
         self.done.pop().ok()
     }
 
-    /// Waits until the worker rings the doorbell (it may already have).
-    pub async fn doorbell(&mut self) {
+    /// Waits until the worker rings the doorbell (it may already have). Returns false if the
+    /// worker thread is gone (its end of the doorbell closed).
+    pub async fn doorbell(&mut self) -> bool {
         let mut buf = [0u8; 64];
-        let _ = self.doorbell.read(&mut buf).await;
+        matches!(self.doorbell.read(&mut buf).await, Ok(n) if n > 0)
     }
 }
 
@@ -160,10 +171,12 @@ fn run(
 fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; sched_setaffinity(0)
     // applies to this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if cpu < libc::CPU_SETSIZE as usize {
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
     // The worker shares its CPU with the shard's reactor. As SCHED_IDLE it runs only while the
     // reactor sleeps, and the reactor preempts it the moment a socket or the doorbell wakes it,
