@@ -24,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the KServe v2 protocol over HTTP/1.1, one pinned shard per CPU.
     Serve(ServeArgs),
+    /// Load a KServe v2 server (friday, Triton, …): open or closed loop, latency percentiles, plots.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// `friday serve` flags. Unset flags fall back to the config file, then to the defaults.
@@ -93,6 +95,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Bench(args) => crate::bench::main(&args),
     }
 }
 

@@ -17,6 +17,7 @@
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
+//! | [`bench`] | `friday bench`: the open-loop load generator (mio client threads, reports, plots) |
 //! | [`runtime`] | everything glommio: pinned executors, listeners, connections, buffers, batchers, workers, the mesh, drain |
 //!
 //! # Model
@@ -58,6 +59,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod batch;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;

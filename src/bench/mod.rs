@@ -1,0 +1,504 @@
+//! `friday bench`: an open-loop load generator for KServe v2 servers (friday, Triton, any other).
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`schedule`] | open-loop arrival times (constant or Poisson) and the coordinated-omission correction |
+//! | [`workload`] | the requests: built once from the model's metadata, random or perf_analyzer input data |
+//! | [`client`] | one mio thread and its pool of keep-alive connections |
+//! | [`report`] | results as a table and as JSON, with the machine they ran on |
+//! | [`plot`] | the latency percentile spectrum as SVG |
+//!
+//! One client thread per `--cpus` entry, each pinned, each with its own connections; rate,
+//! concurrency and connections are split among them. Open-loop latency counts from each request's
+//! intended send time, so a slow server cannot make the load generator look away.
+
+pub mod client;
+pub mod plot;
+pub mod report;
+pub mod schedule;
+pub mod workload;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::tensor::DataType;
+use client::{Mode, ThreadPlan, ThreadResult};
+use report::{fmt_us, RunConfig, RunResult};
+use schedule::Arrival;
+use workload::{Encoding, Workload, WorkloadSpec};
+
+/// Connections per open-loop run when `--connections` is not given.
+pub const DEFAULT_OPEN_LOOP_CONNECTIONS: usize = 64;
+/// Pause between the threads starting and the warm-up starting, so all begin together.
+const START_DELAY: Duration = Duration::from_millis(50);
+
+/// `friday bench` flags.
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Server to load, e.g. http://127.0.0.1:8000 (not needed with --compare)
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Model to infer with [default: identity]
+    #[arg(long, default_value = "identity")]
+    pub model: String,
+    /// Model version to put in the URL [default: none, the server's choice]
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// Input shape without the batch dimension, NAME:d1,d2 (repeat per input) [default: from the model's metadata]
+    #[arg(long = "shape", value_name = "NAME:D1,D2")]
+    pub shapes: Vec<String>,
+    /// Batch size of each request, for models with a batch dimension [default: 1]
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Expected datatype of the inputs (checked against the metadata), e.g. FP32 [default: from the metadata]
+    #[arg(long, value_name = "TYPE")]
+    pub datatype: Option<String>,
+    /// Input data in perf_analyzer's JSON format [default: random data]
+    #[arg(long, value_name = "FILE")]
+    pub input_data: Option<PathBuf>,
+    /// Tensor encoding in the request body [default: binary]
+    #[arg(long, value_enum, default_value_t = Encoding::Binary)]
+    pub encoding: Encoding,
+    /// Open loop: requests per second [default: closed loop]
+    #[arg(long, value_name = "R", conflicts_with_all = ["concurrency", "sweep"])]
+    pub rate: Option<f64>,
+    /// Open loop: how arrivals are spaced [default: poisson]
+    #[arg(long, value_enum, default_value_t = Arrival::Poisson)]
+    pub arrival: Arrival,
+    /// Closed loop: requests in flight [default: 1 when --rate is not given]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Open loop: connections in the pools [default: 64]
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Measurement window, e.g. 10s, 500ms [default: 10s]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up before the window, not measured [default: 2s]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// CPUs for the client threads, one thread each, e.g. 1 or 2-3 [default: one unpinned thread]
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Write the full results (and the machine) as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the latency percentile spectrum as SVG (one curve per run)
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Plot and print earlier --json results instead of running
+    #[arg(long, value_name = "JSON", num_args = 1..)]
+    pub compare: Vec<PathBuf>,
+    /// Name of this run in tables and legends [default: the load, e.g. "2000 req/s"]
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Run once per value: open-loop rates (e.g. 1000,2000,4000 or 1000:8000:1000), or concurrencies with --concurrency
+    #[arg(long, value_name = "LIST")]
+    pub sweep: Option<String>,
+    /// With --sweep: report the highest value whose p99 stays under this latency, e.g. 1ms
+    #[arg(long, value_parser = parse_duration)]
+    pub slo: Option<Duration>,
+    /// Seed for random data and Poisson arrivals [default: 1]
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No live progress line
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (write e.g. 10s, 500ms)"))
+}
+
+/// Parses a sweep: `a,b,c` or `start:end:step`.
+pub fn parse_sweep(s: &str) -> Result<Vec<f64>, String> {
+    let bad =
+        || format!("--sweep {s}: write a list (1000,2000) or start:end:step (1000:8000:1000)");
+    let parts: Vec<&str> = s.split(':').collect();
+    let values = match parts.as_slice() {
+        [list] => list
+            .split(',')
+            .map(|v| v.trim().parse::<f64>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?,
+        [a, b, step] => {
+            let (a, b, step): (f64, f64, f64) = (
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+                step.parse().map_err(|_| bad())?,
+            );
+            if step <= 0.0 || b < a || (b - a) / step > 1000.0 {
+                return Err(bad());
+            }
+            let mut v = Vec::new();
+            let mut x = a;
+            while x <= b + 1e-9 {
+                v.push(x);
+                x += step;
+            }
+            v
+        }
+        _ => return Err(bad()),
+    };
+    if values.is_empty() || values.iter().any(|v| v.is_nan() || *v <= 0.0 || !v.is_finite()) {
+        return Err(bad());
+    }
+    Ok(values)
+}
+
+/// `http://host:port[/…]` → (address, host header).
+fn resolve(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url {url}: only http:// URLs are supported"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--url {url}: no address"))?;
+    Ok((addr, hostport.to_string()))
+}
+
+/// The load of one run.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Rate(f64),
+    Concurrency(usize),
+}
+
+/// Runs `friday bench`.
+pub fn main(args: &BenchArgs) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("friday bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &BenchArgs) -> Result<(), String> {
+    if !args.compare.is_empty() {
+        return compare(args);
+    }
+    let url = args
+        .url
+        .as_deref()
+        .ok_or("--url is required (or --compare files)")?;
+    let (addr, host) = resolve(url)?;
+    let spec = WorkloadSpec {
+        model: args.model.clone(),
+        version: args.model_version.clone(),
+        shapes: args
+            .shapes
+            .iter()
+            .map(|s| workload::parse_shape(s))
+            .collect::<Result<_, _>>()?,
+        batch_size: args.batch_size.max(1),
+        datatype: match &args.datatype {
+            Some(d) => Some(
+                DataType::from_name(&d.to_uppercase())
+                    .ok_or_else(|| format!("--datatype {d}: unknown"))?,
+            ),
+            None => None,
+        },
+        input_data: match &args.input_data {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("--input-data {}: {e}", p.display()))
+                    .and_then(|t| {
+                        serde_json::from_str(&t)
+                            .map_err(|e| format!("--input-data {}: {e}", p.display()))
+                    })?,
+            ),
+            None => None,
+        },
+        encoding: args.encoding,
+        seed: args.seed,
+    };
+    let workload = workload::prepare(&spec, addr, &host)?;
+    let cpus = match &args.cpus {
+        Some(list) => crate::topology::parse_cpu_list(list).map_err(|e| format!("--cpus: {e}"))?,
+        None => Vec::new(),
+    };
+    let loads: Vec<Load> = match (&args.sweep, args.rate) {
+        (Some(s), _) if args.concurrency.is_some() => parse_sweep(s)?
+            .into_iter()
+            .map(|c| Load::Concurrency(c.round().max(1.0) as usize))
+            .collect(),
+        (Some(s), _) => parse_sweep(s)?.into_iter().map(Load::Rate).collect(),
+        (None, Some(r)) if r > 0.0 => vec![Load::Rate(r)],
+        (None, Some(r)) => return Err(format!("--rate {r}: must be positive")),
+        (None, None) => vec![Load::Concurrency(args.concurrency.unwrap_or(1).max(1))],
+    };
+    let sweeping = args.sweep.is_some();
+    let mut results = Vec::new();
+    for load in loads {
+        let r = run_once(args, url, addr, &workload, &cpus, load);
+        if sweeping {
+            println!("{}", sweep_line(&r, args.slo));
+        } else {
+            print!("{}", r.table());
+        }
+        results.push(r);
+    }
+    if let (true, Some(slo)) = (sweeping, args.slo) {
+        let slo_us = slo.as_secs_f64() * 1e6;
+        match results
+            .iter()
+            .filter(|r| r.error_count() == 0 && r.latency_us.p99 <= slo_us)
+            .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
+        {
+            Some(best) => println!(
+                "highest load with p99 under {}: {} ({:.0} req/s, p99 {})",
+                fmt_us(slo_us),
+                best.label,
+                best.throughput,
+                fmt_us(best.latency_us.p99)
+            ),
+            None => println!("no load kept p99 under {} without errors", fmt_us(slo_us)),
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = if results.len() == 1 {
+            serde_json::to_string_pretty(&results[0])
+        } else {
+            serde_json::to_string_pretty(&results)
+        }
+        .expect("results serialize");
+        std::fs::write(path, text).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("{}: latency by percentile", args.model);
+        std::fs::write(path, plot::render(&results, &title))
+            .map_err(|e| format!("--plot {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn sweep_line(r: &RunResult, slo: Option<Duration>) -> String {
+    let verdict = match slo {
+        Some(slo) if r.error_count() == 0 && r.latency_us.p99 <= slo.as_secs_f64() * 1e6 => {
+            "  within SLO"
+        }
+        Some(_) => "  over SLO",
+        None => "",
+    };
+    format!(
+        "{:>14}  {:>10.1} req/s  p50 {:>9}  p99 {:>9}  p99.9 {:>9}  errors {}{verdict}",
+        r.label,
+        r.throughput,
+        fmt_us(r.latency_us.p50),
+        fmt_us(r.latency_us.p99),
+        fmt_us(r.latency_us.p999),
+        r.error_count()
+    )
+}
+
+fn run_once(
+    args: &BenchArgs,
+    url: &str,
+    addr: SocketAddr,
+    workload: &Workload,
+    cpus: &[usize],
+    load: Load,
+) -> RunResult {
+    let threads = cpus.len().max(1);
+    let connections = match load {
+        Load::Rate(_) => args
+            .connections
+            .unwrap_or(DEFAULT_OPEN_LOOP_CONNECTIONS)
+            .max(threads),
+        Load::Concurrency(n) => n.max(threads),
+    };
+    let start = Instant::now() + START_DELAY;
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let requests = Arc::new(workload.requests.clone());
+    let (tx, rx) = crossbeam::channel::bounded::<(usize, ThreadResult)>(threads * 4);
+    let share = |total: usize, i: usize| total / threads + usize::from(i < total % threads);
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let mode = match load {
+            Load::Rate(r) => Mode::Open {
+                rate: r / threads as f64,
+                arrival: args.arrival,
+            },
+            Load::Concurrency(n) => Mode::Closed(share(n, i)),
+        };
+        let plan = ThreadPlan {
+            addr,
+            requests: requests.clone(),
+            mode,
+            connections: share(connections, i).max(1),
+            measure_from,
+            end,
+            seed: args.seed.wrapping_add(i as u64),
+        };
+        let cpu = cpus.get(i).copied();
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                pin(cpu);
+            }
+            std::thread::sleep(start.saturating_duration_since(Instant::now()));
+            client::run(plan, Some(client::Progress { thread: i, tx }))
+        }));
+    }
+    drop(tx);
+    let label = args
+        .label
+        .clone()
+        .filter(|_| args.sweep.is_none())
+        .unwrap_or(match load {
+            Load::Rate(r) => format!("{r:.0} req/s"),
+            Load::Concurrency(n) => format!("concurrency {n}"),
+        });
+    // Live progress while the threads run.
+    let mut latest: Vec<Option<ThreadResult>> = vec![None; threads];
+    let mut last = (Instant::now(), 0u64);
+    while let Ok((i, snapshot)) = rx.recv() {
+        latest[i] = Some(snapshot);
+        if args.quiet || last.0.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let mut all = ThreadResult::empty();
+        latest.iter().flatten().for_each(|r| all.merge(r));
+        let now = Instant::now();
+        let rate = (all.ok - last.1.min(all.ok)) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, all.ok);
+        let phase = if now < measure_from {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        let p = report::Percentiles::of(&all.latency);
+        eprint!(
+            "\r{label} {phase}: {} ok, {} errors, {rate:.0} req/s, p50 {}, p99 {}     ",
+            all.ok,
+            all.errors.values().sum::<u64>(),
+            fmt_us(p.p50),
+            fmt_us(p.p99)
+        );
+    }
+    if !args.quiet {
+        eprint!("\r{:100}\r", "");
+    }
+    let mut merged = ThreadResult::empty();
+    for h in handles {
+        match h.join() {
+            Ok(r) => merged.merge(&r),
+            Err(_) => {
+                *merged
+                    .errors
+                    .entry("client_thread_panicked".into())
+                    .or_default() += 1
+            }
+        }
+    }
+    let config = RunConfig {
+        url: url.to_string(),
+        model: args.model.clone(),
+        workload: workload.description.clone(),
+        mode: match load {
+            Load::Rate(_) => "open",
+            Load::Concurrency(_) => "closed",
+        }
+        .into(),
+        rate: match load {
+            Load::Rate(r) => Some(r),
+            Load::Concurrency(_) => None,
+        },
+        arrival: match load {
+            Load::Rate(_) => Some(format!("{:?}", args.arrival).to_lowercase()),
+            Load::Concurrency(_) => None,
+        },
+        concurrency: match load {
+            Load::Concurrency(n) => Some(n),
+            Load::Rate(_) => None,
+        },
+        connections,
+        threads,
+        duration_s: args.duration.as_secs_f64(),
+        warmup_s: args.warmup.as_secs_f64(),
+    };
+    RunResult::new(label, config, &merged)
+}
+
+fn compare(args: &BenchArgs) -> Result<(), String> {
+    let mut runs = Vec::new();
+    for path in &args.compare {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--compare {}: {e}", path.display()))?;
+        match serde_json::from_str::<RunResult>(&text) {
+            Ok(r) => runs.push(r),
+            Err(_) => runs.extend(serde_json::from_str::<Vec<RunResult>>(&text).map_err(|e| {
+                format!("--compare {}: not friday bench JSON ({e})", path.display())
+            })?),
+        }
+    }
+    for r in &runs {
+        print!("{}", r.table());
+    }
+    let path = args
+        .plot
+        .as_ref()
+        .ok_or("--compare needs --plot FILE.svg")?;
+    let models: Vec<&str> = runs.iter().map(|r| r.config.model.as_str()).collect();
+    let title = format!(
+        "{}: latency by percentile",
+        models.first().copied().unwrap_or("")
+    );
+    std::fs::write(path, plot::render(&runs, &title))
+        .map_err(|e| format!("--plot {}: {e}", path.display()))
+}
+
+fn pin(cpu: usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above);
+    // sched_setaffinity(0) applies to this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_parse() {
+        assert_eq!(parse_sweep("1000,2000").unwrap(), vec![1000.0, 2000.0]);
+        assert_eq!(parse_sweep("1:4:1").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(parse_sweep("1:4:0").is_err());
+        assert!(parse_sweep("a").is_err());
+        assert!(parse_sweep("0,1").is_err());
+        assert!(parse_sweep("1:1000000:1").is_err());
+    }
+
+    #[test]
+    fn urls_resolve() {
+        let (addr, host) = resolve("http://127.0.0.1:8123/v2").unwrap();
+        assert_eq!(addr.port(), 8123);
+        assert_eq!(host, "127.0.0.1:8123");
+        assert!(resolve("https://x").is_err());
+        assert_eq!(resolve("http://127.0.0.1").unwrap().0.port(), 80);
+    }
+}

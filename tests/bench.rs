@@ -1,0 +1,271 @@
+//! `friday bench` end to end: against a running friday (closed and open loop), against servers
+//! that refuse (429) or hang up, and its JSON and SVG outputs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_friday"))
+        .arg("bench")
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run friday bench");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("friday-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("--json writes JSON")
+}
+
+fn check_plausible(r: &Value, duration_s: f64) {
+    let ok = r["ok"].as_f64().unwrap();
+    assert!(ok > 50.0, "{r}");
+    assert_eq!(r["errors"].as_object().unwrap().len(), 0, "{r}");
+    let l = &r["latency_us"];
+    let (p50, p99, max) = (
+        l["p50"].as_f64().unwrap(),
+        l["p99"].as_f64().unwrap(),
+        l["max"].as_f64().unwrap(),
+    );
+    assert!(p50 > 1.0 && p50 <= p99 && p99 <= max, "{l}");
+    assert!(
+        p99 < 1_000_000.0,
+        "p99 of a second on loopback is not plausible: {l}"
+    );
+    let thr = r["throughput"].as_f64().unwrap();
+    assert!(
+        (thr - ok / duration_s).abs() < 1.0,
+        "{thr} vs {ok}/{duration_s}"
+    );
+    assert!(r["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(!r["machine"]["kernel"].as_str().unwrap().is_empty());
+    assert!(r["spectrum"].as_array().unwrap().len() > 5);
+}
+
+#[test]
+fn closed_and_open_loop_against_friday() {
+    let s = Server::start(1);
+    let url = format!("http://{}", s.addr);
+    let closed = tmp("closed.json");
+    let (code, out, err) = bench(&[
+        "--url",
+        &url,
+        "--shape",
+        "INPUT0:16",
+        "--concurrency",
+        "4",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--json",
+        closed.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("closed loop, concurrency 4"), "{out}");
+    let r = read_json(&closed);
+    check_plausible(&r, 2.0);
+    assert_eq!(r["config"]["concurrency"], 4);
+
+    let open = tmp("open.json");
+    let (code, out, err) = bench(&[
+        "--url",
+        &url,
+        "--shape",
+        "INPUT0:16",
+        "--rate",
+        "1000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--encoding",
+        "json",
+        "--json",
+        open.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = read_json(&open);
+    check_plausible(&r, 2.0);
+    let ok = r["ok"].as_f64().unwrap();
+    assert!(
+        (1700.0..=2300.0).contains(&ok),
+        "an open loop at 1000 req/s for 2 s sends about 2000: {ok}"
+    );
+    assert!(r["config"]["workload"].as_str().unwrap().contains("JSON"));
+
+    // Both runs in one plot: a valid SVG with one curve per run.
+    let svg = tmp("both.svg");
+    let (code, out, err) = bench(&[
+        "--compare",
+        closed.to_str().unwrap(),
+        open.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let curves: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("class") == Some("curve"))
+        .collect();
+    assert_eq!(curves.len(), 2);
+    assert!(curves
+        .iter()
+        .all(|c| c.attribute("points").unwrap().split(' ').count() > 5));
+}
+
+#[test]
+fn a_sweep_finds_the_highest_rate_under_the_slo() {
+    let s = Server::start(1);
+    let url = format!("http://{}", s.addr);
+    let (code, out, err) = bench(&[
+        "--url",
+        &url,
+        "--shape",
+        "INPUT0:16",
+        "--sweep",
+        "500,1000",
+        "--slo",
+        "50ms",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("500 req/s") && lines[0].contains("within SLO"),
+        "{out}"
+    );
+    assert!(lines[1].contains("1000 req/s"), "{out}");
+    assert!(
+        out.contains("highest load with p99 under 50.00 ms: 1000 req/s"),
+        "{out}"
+    );
+}
+
+#[test]
+fn refusals_are_counted_by_status() {
+    let cfg = config_file(
+        "bench-429",
+        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 50000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
+         [models.synthetic.dynamic_batching]\nmax_queue_size = 1\n",
+    );
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let out_json = tmp("refused.json");
+    let (code, out, err) = bench(&[
+        "--url",
+        &format!("http://{}", s.addr),
+        "--model",
+        "synthetic",
+        "--shape",
+        "INPUT0:4",
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+        out_json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "errors are results, not a crash: {out}\n{err}");
+    let r = read_json(&out_json);
+    let refused = r["errors"]["http_429"].as_u64().unwrap_or(0);
+    assert!(refused > 50, "{r}");
+    assert!(r["ok"].as_u64().unwrap() > 5, "{r}");
+    assert!(out.contains("http_429:"), "{out}");
+}
+
+/// A server that answers metadata requests and then hangs up on every infer.
+fn hang_up_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let body = if head.starts_with("GET /v2/models/identity/config") {
+                    r#"{"max_batch_size":8}"#
+                } else if head.starts_with("GET /v2/models/identity") {
+                    r#"{"name":"identity","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[-1,4]}],"outputs":[{"name":"OUTPUT0","datatype":"FP32","shape":[-1,4]}]}"#
+                } else {
+                    return; // an infer: close without answering
+                };
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn hang_ups_are_counted_not_fatal() {
+    let addr = hang_up_server();
+    let out_json = tmp("closed-conns.json");
+    let (code, out, err) = bench(&[
+        "--url",
+        &format!("http://{addr}"),
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "100ms",
+        "--json",
+        out_json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = read_json(&out_json);
+    assert_eq!(r["ok"], 0);
+    let closed =
+        r["errors"]["closed"].as_u64().unwrap_or(0) + r["errors"]["reset"].as_u64().unwrap_or(0);
+    assert!(closed > 10, "{r}");
+    assert_eq!(
+        r["config"]["workload"],
+        "INPUT0 FP32 [1, 4], binary tensors"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear() {
+    let (code, _, err) = bench(&["--concurrency", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--url"), "{err}");
+    let (code, _, err) = bench(&["--url", "http://127.0.0.1:1", "--duration", "1s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, _, err) = bench(&["--url", "http://127.0.0.1:1", "--duration", "ten"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ten"), "{err}");
+}
