@@ -144,7 +144,11 @@ pub fn parse_sweep(s: &str) -> Result<Vec<f64>, String> {
         }
         _ => return Err(bad()),
     };
-    if values.is_empty() || values.iter().any(|v| v.is_nan() || *v <= 0.0 || !v.is_finite()) {
+    if values.is_empty()
+        || values
+            .iter()
+            .any(|v| v.is_nan() || *v <= 0.0 || !v.is_finite())
+    {
         return Err(bad());
     }
     Ok(values)

@@ -271,7 +271,10 @@ mod tests {
             .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
         let back: RunResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         // JSON keeps floats to the last digit or so.
-        assert_eq!((back.ok, &back.errors, &back.config), (r.ok, &r.errors, &r.config));
+        assert_eq!(
+            (back.ok, &back.errors, &back.config),
+            (r.ok, &r.errors, &r.config)
+        );
         assert_eq!(back.spectrum.len(), r.spectrum.len());
         for (a, b) in back.spectrum.iter().zip(&r.spectrum) {
             assert!((a.0 - b.0).abs() < 1e-9 && (a.1 - b.1).abs() < 1e-9);
