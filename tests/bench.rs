@@ -269,3 +269,58 @@ fn bad_arguments_are_clear() {
     assert_ne!(code, 0);
     assert!(err.contains("ten"), "{err}");
 }
+
+#[test]
+fn perf_analyzer_input_data_drives_simple() {
+    let s = Server::start(1);
+    let data = tmp("simple-input.json");
+    let a: Vec<i32> = (0..16).collect();
+    std::fs::write(
+        &data,
+        serde_json::json!({"data": [
+            {"INPUT0": a, "INPUT1": a},
+            {"INPUT0": {"content": a, "shape": [16]}, "INPUT1": {"content": a, "shape": [16]}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let out_json = tmp("simple.json");
+    let (code, out, err) = bench(&[
+        "--url",
+        &format!("http://{}", s.addr),
+        "--model",
+        "simple",
+        "--input-data",
+        data.to_str().unwrap(),
+        "--datatype",
+        "INT32",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+        out_json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = read_json(&out_json);
+    check_plausible(&r, 1.0);
+    assert!(
+        r["config"]["workload"]
+            .as_str()
+            .unwrap()
+            .contains("INPUT1 INT32 [1, 16]"),
+        "{r}"
+    );
+    let (code, _, err) = bench(&[
+        "--url",
+        &format!("http://{}", s.addr),
+        "--model",
+        "simple",
+        "--datatype",
+        "FP32",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--datatype FP32"), "{err}");
+}
