@@ -90,15 +90,6 @@ fn inputs() -> Inputs {
     }]
 }
 
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it; applies to this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn inline(cpu: usize) -> Hops {
     LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .io_memory(64 << 10)
@@ -180,7 +171,7 @@ fn crossbeam(shard_cpu: usize, worker_cpu: usize) -> Hops {
     let (to_worker, jobs) = crossbeam::channel::bounded::<Inputs>(1);
     let (results, from_worker) = crossbeam::channel::bounded::<(Instant, Instant)>(1);
     let runner = std::thread::spawn(move || {
-        pin(worker_cpu);
+        friday::topology::pin_current_thread(worker_cpu);
         let model = Identity::new();
         while let Ok(inputs) = jobs.recv() {
             let t1 = Instant::now();
@@ -192,7 +183,7 @@ fn crossbeam(shard_cpu: usize, worker_cpu: usize) -> Hops {
             }
         }
     });
-    pin(shard_cpu);
+    friday::topology::pin_current_thread(shard_cpu);
     let mut hops = Hops::new();
     for i in 0..ROUND_TRIPS {
         let t0 = Instant::now();

@@ -76,6 +76,20 @@ pub fn affinity_cpus() -> std::io::Result<Vec<usize>> {
     }
 }
 
+/// Pins the calling thread to `cpu` (ignored beyond `CPU_SETSIZE`, which no affinity mask holds).
+pub fn pin_current_thread(cpu: usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above);
+    // sched_setaffinity(0) applies to the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Chooses one CPU per shard from the config and the affinity mask.
 pub fn plan_shards(shards: &ShardsConfig, allowed: &[usize]) -> Result<Vec<usize>, StartupError> {
     if allowed.is_empty() {

@@ -10,10 +10,11 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> (i32, String, String) {
+/// Runs `friday bench` with whitespace-separated `args`.
+fn bench(args: &str) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_friday"))
         .arg("bench")
-        .args(args)
+        .args(args.split_whitespace())
         .arg("--quiet")
         .output()
         .expect("run friday bench");
@@ -62,22 +63,13 @@ fn check_plausible(r: &Value, duration_s: f64) {
 #[test]
 fn closed_and_open_loop_against_friday() {
     let s = Server::start(1);
-    let url = format!("http://{}", s.addr);
+    let url = s.url();
     let closed = tmp("closed.json");
-    let (code, out, err) = bench(&[
-        "--url",
+    let (code, out, err) = bench(&format!(
+        "--url {} --shape INPUT0:16 --concurrency 4 --duration 2s --warmup 500ms --json {}",
         &url,
-        "--shape",
-        "INPUT0:16",
-        "--concurrency",
-        "4",
-        "--duration",
-        "2s",
-        "--warmup",
-        "500ms",
-        "--json",
-        closed.to_str().unwrap(),
-    ]);
+        closed.to_str().unwrap()
+    ));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("closed loop, concurrency 4"), "{out}");
     let r = read_json(&closed);
@@ -85,22 +77,7 @@ fn closed_and_open_loop_against_friday() {
     assert_eq!(r["config"]["concurrency"], 4);
 
     let open = tmp("open.json");
-    let (code, out, err) = bench(&[
-        "--url",
-        &url,
-        "--shape",
-        "INPUT0:16",
-        "--rate",
-        "1000",
-        "--duration",
-        "2s",
-        "--warmup",
-        "500ms",
-        "--encoding",
-        "json",
-        "--json",
-        open.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bench(&format!("--url {} --shape INPUT0:16 --rate 1000 --duration 2s --warmup 500ms --encoding json --json {}", &url, open.to_str().unwrap()));
     assert_eq!(code, 0, "{out}\n{err}");
     let r = read_json(&open);
     check_plausible(&r, 2.0);
@@ -113,13 +90,12 @@ fn closed_and_open_loop_against_friday() {
 
     // Both runs in one plot: a valid SVG with one curve per run.
     let svg = tmp("both.svg");
-    let (code, out, err) = bench(&[
-        "--compare",
+    let (code, out, err) = bench(&format!(
+        "--compare {} {} --plot {}",
         closed.to_str().unwrap(),
         open.to_str().unwrap(),
-        "--plot",
-        svg.to_str().unwrap(),
-    ]);
+        svg.to_str().unwrap()
+    ));
     assert_eq!(code, 0, "{out}\n{err}");
     let text = std::fs::read_to_string(&svg).unwrap();
     let doc = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
@@ -137,21 +113,10 @@ fn closed_and_open_loop_against_friday() {
 #[test]
 fn a_sweep_finds_the_highest_rate_under_the_slo() {
     let s = Server::start(1);
-    let url = format!("http://{}", s.addr);
-    let (code, out, err) = bench(&[
-        "--url",
-        &url,
-        "--shape",
-        "INPUT0:16",
-        "--sweep",
-        "500,1000",
-        "--slo",
-        "50ms",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-    ]);
+    let url = s.url();
+    let (code, out, err) = bench(&format!(
+        "--url {url} --shape INPUT0:16 --sweep 500,1000 --slo 50ms --duration 1s --warmup 200ms"
+    ));
     assert_eq!(code, 0, "{out}\n{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -174,22 +139,7 @@ fn refusals_are_counted_by_status() {
     );
     let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
     let out_json = tmp("refused.json");
-    let (code, out, err) = bench(&[
-        "--url",
-        &format!("http://{}", s.addr),
-        "--model",
-        "synthetic",
-        "--shape",
-        "INPUT0:4",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-        "--json",
-        out_json.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bench(&format!("--url {} --model synthetic --shape INPUT0:4 --rate 200 --duration 1s --warmup 200ms --json {}", s.url(), out_json.to_str().unwrap()));
     assert_eq!(code, 0, "errors are results, not a crash: {out}\n{err}");
     let r = read_json(&out_json);
     let refused = r["errors"]["http_429"].as_u64().unwrap_or(0);
@@ -233,18 +183,10 @@ fn hang_up_server() -> std::net::SocketAddr {
 fn hang_ups_are_counted_not_fatal() {
     let addr = hang_up_server();
     let out_json = tmp("closed-conns.json");
-    let (code, out, err) = bench(&[
-        "--url",
-        &format!("http://{addr}"),
-        "--concurrency",
-        "2",
-        "--duration",
-        "1s",
-        "--warmup",
-        "100ms",
-        "--json",
-        out_json.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bench(&format!(
+        "--url http://{addr} --concurrency 2 --duration 1s --warmup 100ms --json {}",
+        out_json.to_str().unwrap()
+    ));
     assert_eq!(code, 0, "{out}\n{err}");
     let r = read_json(&out_json);
     assert_eq!(r["ok"], 0);
@@ -259,13 +201,13 @@ fn hang_ups_are_counted_not_fatal() {
 
 #[test]
 fn bad_arguments_are_clear() {
-    let (code, _, err) = bench(&["--concurrency", "1"]);
+    let (code, _, err) = bench("--concurrency 1");
     assert_eq!(code, 2);
     assert!(err.contains("--url"), "{err}");
-    let (code, _, err) = bench(&["--url", "http://127.0.0.1:1", "--duration", "1s"]);
+    let (code, _, err) = bench("--url http://127.0.0.1:1 --duration 1s");
     assert_eq!(code, 2);
     assert!(err.contains("cannot connect"), "{err}");
-    let (code, _, err) = bench(&["--url", "http://127.0.0.1:1", "--duration", "ten"]);
+    let (code, _, err) = bench("--url http://127.0.0.1:1 --duration ten");
     assert_ne!(code, 0);
     assert!(err.contains("ten"), "{err}");
 }
@@ -285,24 +227,7 @@ fn perf_analyzer_input_data_drives_simple() {
     )
     .unwrap();
     let out_json = tmp("simple.json");
-    let (code, out, err) = bench(&[
-        "--url",
-        &format!("http://{}", s.addr),
-        "--model",
-        "simple",
-        "--input-data",
-        data.to_str().unwrap(),
-        "--datatype",
-        "INT32",
-        "--concurrency",
-        "2",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-        "--json",
-        out_json.to_str().unwrap(),
-    ]);
+    let (code, out, err) = bench(&format!("--url {} --model simple --input-data {} --datatype INT32 --concurrency 2 --duration 1s --warmup 200ms --json {}", s.url(), data.to_str().unwrap(), out_json.to_str().unwrap()));
     assert_eq!(code, 0, "{out}\n{err}");
     let r = read_json(&out_json);
     check_plausible(&r, 1.0);
@@ -313,14 +238,7 @@ fn perf_analyzer_input_data_drives_simple() {
             .contains("INPUT1 INT32 [1, 16]"),
         "{r}"
     );
-    let (code, _, err) = bench(&[
-        "--url",
-        &format!("http://{}", s.addr),
-        "--model",
-        "simple",
-        "--datatype",
-        "FP32",
-    ]);
+    let (code, _, err) = bench(&format!("--url {} --model simple --datatype FP32", s.url()));
     assert_eq!(code, 2);
     assert!(err.contains("--datatype FP32"), "{err}");
 }

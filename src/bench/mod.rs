@@ -356,7 +356,7 @@ fn run_once(
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {
-                pin(cpu);
+                crate::topology::pin_current_thread(cpu);
             }
             std::thread::sleep(start.saturating_duration_since(Instant::now()));
             client::run(plan, Some(client::Progress { thread: i, tx }))
@@ -468,19 +468,6 @@ fn compare(args: &BenchArgs) -> Result<(), String> {
     );
     std::fs::write(path, plot::render(&runs, &title))
         .map_err(|e| format!("--plot {}: {e}", path.display()))
-}
-
-fn pin(cpu: usize) {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return;
-    }
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above);
-    // sched_setaffinity(0) applies to this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 #[cfg(test)]

@@ -169,15 +169,7 @@ fn run(
 }
 
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; sched_setaffinity(0)
-    // applies to this thread only.
-    if cpu < libc::CPU_SETSIZE as usize {
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
-    }
+    crate::topology::pin_current_thread(cpu);
     // The worker shares its CPU with the shard's reactor. As SCHED_IDLE it runs only while the
     // reactor sleeps, and the reactor preempts it the moment a socket or the doorbell wakes it,
     // so I/O (accepts, reads, 429s, deadline failures) never waits out a scheduler slice behind

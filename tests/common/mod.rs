@@ -75,6 +75,11 @@ impl Server {
         }
     }
 
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
