@@ -148,8 +148,15 @@ fn refusals_are_counted_by_status() {
     assert!(out.contains("http_429:"), "{out}");
 }
 
-/// A server that answers metadata requests and then hangs up on every infer.
-fn hang_up_server() -> std::net::SocketAddr {
+/// What the fake server does with an infer request.
+#[derive(Clone, Copy)]
+enum OnInfer {
+    HangUp,
+    Ignore,
+}
+
+/// A server that answers metadata requests, then hangs up on (or ignores) every infer.
+fn fake_server(on_infer: OnInfer) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -164,7 +171,11 @@ fn hang_up_server() -> std::net::SocketAddr {
                 } else if head.starts_with("GET /v2/models/identity") {
                     r#"{"name":"identity","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[-1,4]}],"outputs":[{"name":"OUTPUT0","datatype":"FP32","shape":[-1,4]}]}"#
                 } else {
-                    return; // an infer: close without answering
+                    if let OnInfer::Ignore = on_infer {
+                        // Keep the connection open and say nothing.
+                        std::thread::sleep(std::time::Duration::from_secs(30));
+                    }
+                    return;
                 };
                 let _ = stream.write_all(
                     format!(
@@ -181,7 +192,7 @@ fn hang_up_server() -> std::net::SocketAddr {
 
 #[test]
 fn hang_ups_are_counted_not_fatal() {
-    let addr = hang_up_server();
+    let addr = fake_server(OnInfer::HangUp);
     let out_json = tmp("closed-conns.json");
     let (code, out, err) = bench(&format!(
         "--url http://{addr} --concurrency 2 --duration 1s --warmup 100ms --json {}",
@@ -241,4 +252,40 @@ fn perf_analyzer_input_data_drives_simple() {
     let (code, _, err) = bench(&format!("--url {} --model simple --datatype FP32", s.url()));
     assert_eq!(code, 2);
     assert!(err.contains("--datatype FP32"), "{err}");
+}
+
+#[test]
+fn a_server_that_never_answers_is_reported_not_hidden() {
+    let addr = fake_server(OnInfer::Ignore);
+    let out_json = tmp("silent.json");
+    let (code, out, err) = bench(&format!(
+        "--url http://{addr} --concurrency 2 --duration 1s --warmup 100ms --timeout 200ms --json {}",
+        out_json.to_str().unwrap()
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("WARNING"),
+        "a run with no success says so: {out}"
+    );
+    let r = read_json(&out_json);
+    assert_eq!(r["ok"], 0);
+    assert!(r["errors"]["timeout"].as_u64().unwrap_or(0) >= 4, "{r}");
+}
+
+#[test]
+fn closed_loop_concurrency_is_exact_across_threads() {
+    let s = Server::start(1);
+    let out_json = tmp("exact.json");
+    let (code, out, err) = bench(&format!(
+        "--url {} --shape INPUT0:16 --concurrency 1 --cpus 0,1 --duration 1s --warmup 100ms --json {}",
+        s.url(),
+        out_json.to_str().unwrap()
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = read_json(&out_json);
+    assert_eq!(
+        r["config"]["threads"], 1,
+        "one request in flight needs one thread"
+    );
+    assert_eq!(r["config"]["connections"], 1);
 }

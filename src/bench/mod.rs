@@ -27,13 +27,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::tensor::DataType;
-use client::{Mode, ThreadPlan, ThreadResult};
+use client::{Live, Mode, ThreadPlan, ThreadResult};
 use report::{fmt_us, RunConfig, RunResult};
 use schedule::Arrival;
 use workload::{Encoding, Workload, WorkloadSpec};
 
 /// Connections per open-loop run when `--connections` is not given.
 pub const DEFAULT_OPEN_LOOP_CONNECTIONS: usize = 64;
+/// Highest open-loop rate accepted, requests per second.
+pub const MAX_RATE: f64 = 10_000_000.0;
 /// Pause between the threads starting and the warm-up starting, so all begin together.
 const START_DELAY: Duration = Duration::from_millis(50);
 
@@ -103,6 +105,9 @@ pub struct BenchArgs {
     /// With --sweep: report the highest value whose p99 stays under this latency, e.g. 1ms
     #[arg(long, value_parser = parse_duration)]
     pub slo: Option<Duration>,
+    /// A request without an answer after this long fails with `timeout` [default: 10s]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Seed for random data and Poisson arrivals [default: 1]
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -244,14 +249,21 @@ fn run(args: &BenchArgs) -> Result<(), String> {
             .map(|c| Load::Concurrency(c.round().max(1.0) as usize))
             .collect(),
         (Some(s), _) => parse_sweep(s)?.into_iter().map(Load::Rate).collect(),
-        (None, Some(r)) if r > 0.0 => vec![Load::Rate(r)],
-        (None, Some(r)) => return Err(format!("--rate {r}: must be positive")),
+        (None, Some(r)) => vec![Load::Rate(r)],
         (None, None) => vec![Load::Concurrency(args.concurrency.unwrap_or(1).max(1))],
     };
+    if let Some(bad) = loads.iter().find_map(|l| match l {
+        Load::Rate(r) if !(r.is_finite() && *r > 0.0 && *r <= MAX_RATE) => Some(*r),
+        _ => None,
+    }) {
+        return Err(format!(
+            "rate {bad}: must be above 0 and at most {MAX_RATE} req/s"
+        ));
+    }
     let sweeping = args.sweep.is_some();
     let mut results = Vec::new();
     for load in loads {
-        let r = run_once(args, url, addr, &workload, &cpus, load);
+        let r = run_once(args, url, addr, &workload, &cpus, load)?;
         if sweeping {
             println!("{}", sweep_line(&r, args.slo));
         } else {
@@ -263,7 +275,7 @@ fn run(args: &BenchArgs) -> Result<(), String> {
         let slo_us = slo.as_secs_f64() * 1e6;
         match results
             .iter()
-            .filter(|r| r.error_count() == 0 && r.latency_us.p99 <= slo_us)
+            .filter(|r| r.ok > 0 && r.error_count() == 0 && r.latency_us.p99 <= slo_us)
             .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
         {
             Some(best) => println!(
@@ -277,7 +289,7 @@ fn run(args: &BenchArgs) -> Result<(), String> {
         }
     }
     if let Some(path) = &args.json {
-        let text = if results.len() == 1 {
+        let text = if results.len() == 1 && !sweeping {
             serde_json::to_string_pretty(&results[0])
         } else {
             serde_json::to_string_pretty(&results)
@@ -295,7 +307,9 @@ fn run(args: &BenchArgs) -> Result<(), String> {
 
 fn sweep_line(r: &RunResult, slo: Option<Duration>) -> String {
     let verdict = match slo {
-        Some(slo) if r.error_count() == 0 && r.latency_us.p99 <= slo.as_secs_f64() * 1e6 => {
+        Some(slo)
+            if r.ok > 0 && r.error_count() == 0 && r.latency_us.p99 <= slo.as_secs_f64() * 1e6 =>
+        {
             "  within SLO"
         }
         Some(_) => "  over SLO",
@@ -319,20 +333,32 @@ fn run_once(
     workload: &Workload,
     cpus: &[usize],
     load: Load,
-) -> RunResult {
-    let threads = cpus.len().max(1);
+) -> Result<RunResult, String> {
+    // A closed loop never runs more threads than requests in flight.
+    let threads = match load {
+        Load::Rate(_) => cpus.len().max(1),
+        Load::Concurrency(n) => cpus.len().max(1).min(n),
+    };
     let connections = match load {
         Load::Rate(_) => args
             .connections
             .unwrap_or(DEFAULT_OPEN_LOOP_CONNECTIONS)
             .max(threads),
-        Load::Concurrency(n) => n.max(threads),
+        Load::Concurrency(n) => n,
     };
     let start = Instant::now() + START_DELAY;
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    let too_long = || {
+        format!(
+            "--warmup {:?} plus --duration {:?} is too long",
+            args.warmup, args.duration
+        )
+    };
+    let measure_from = start.checked_add(args.warmup).ok_or_else(too_long)?;
+    let end = measure_from
+        .checked_add(args.duration)
+        .ok_or_else(too_long)?;
     let requests = Arc::new(workload.requests.clone());
-    let (tx, rx) = crossbeam::channel::bounded::<(usize, ThreadResult)>(threads * 4);
+    let (tx, rx) = crossbeam::channel::bounded::<(usize, Live)>(threads * 4);
     let share = |total: usize, i: usize| total / threads + usize::from(i < total % threads);
     let mut handles = Vec::new();
     for i in 0..threads {
@@ -340,8 +366,10 @@ fn run_once(
             Load::Rate(r) => Mode::Open {
                 rate: r / threads as f64,
                 arrival: args.arrival,
+                // Interleave the threads' schedules: thread i starts i/rate later.
+                start: start + Duration::from_secs_f64(i as f64 / r),
             },
-            Load::Concurrency(n) => Mode::Closed(share(n, i)),
+            Load::Concurrency(_) => Mode::Closed,
         };
         let plan = ThreadPlan {
             addr,
@@ -350,16 +378,20 @@ fn run_once(
             connections: share(connections, i).max(1),
             measure_from,
             end,
+            request_timeout: args.timeout,
             seed: args.seed.wrapping_add(i as u64),
         };
         let cpu = cpus.get(i).copied();
-        let tx = tx.clone();
+        let progress = (!args.quiet).then(|| client::Progress {
+            thread: i,
+            tx: tx.clone(),
+        });
         handles.push(std::thread::spawn(move || {
             if let Some(cpu) = cpu {
                 crate::topology::pin_current_thread(cpu);
             }
             std::thread::sleep(start.saturating_duration_since(Instant::now()));
-            client::run(plan, Some(client::Progress { thread: i, tx }))
+            client::run(plan, progress)
         }));
     }
     drop(tx);
@@ -371,31 +403,31 @@ fn run_once(
             Load::Rate(r) => format!("{r:.0} req/s"),
             Load::Concurrency(n) => format!("concurrency {n}"),
         });
-    // Live progress while the threads run.
-    let mut latest: Vec<Option<ThreadResult>> = vec![None; threads];
+    // Live progress while the threads run (counts include the warm-up; percentiles are the
+    // worst thread's, of the measured requests).
+    let mut latest: Vec<Live> = vec![Live::default(); threads];
     let mut last = (Instant::now(), 0u64);
-    while let Ok((i, snapshot)) = rx.recv() {
-        latest[i] = Some(snapshot);
-        if args.quiet || last.0.elapsed() < Duration::from_secs(1) {
+    while let Ok((i, live)) = rx.recv() {
+        latest[i] = live;
+        if last.0.elapsed() < Duration::from_millis(900) {
             continue;
         }
-        let mut all = ThreadResult::empty();
-        latest.iter().flatten().for_each(|r| all.merge(r));
+        let ok: u64 = latest.iter().map(|l| l.ok).sum();
+        let errors: u64 = latest.iter().map(|l| l.errors).sum();
+        let p50 = latest.iter().map(|l| l.p50_us).fold(0.0, f64::max);
+        let p99 = latest.iter().map(|l| l.p99_us).fold(0.0, f64::max);
         let now = Instant::now();
-        let rate = (all.ok - last.1.min(all.ok)) as f64 / now.duration_since(last.0).as_secs_f64();
-        last = (now, all.ok);
+        let rate = ok.saturating_sub(last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, ok);
         let phase = if now < measure_from {
             "warm-up"
         } else {
             "measuring"
         };
-        let p = report::Percentiles::of(&all.latency);
         eprint!(
-            "\r{label} {phase}: {} ok, {} errors, {rate:.0} req/s, p50 {}, p99 {}     ",
-            all.ok,
-            all.errors.values().sum::<u64>(),
-            fmt_us(p.p50),
-            fmt_us(p.p99)
+            "\r{label} {phase}: {ok} ok, {errors} errors, {rate:.0} req/s, p50 {}, p99 {}     ",
+            fmt_us(p50),
+            fmt_us(p99)
         );
     }
     if !args.quiet {
@@ -439,7 +471,7 @@ fn run_once(
         duration_s: args.duration.as_secs_f64(),
         warmup_s: args.warmup.as_secs_f64(),
     };
-    RunResult::new(label, config, &merged)
+    Ok(RunResult::new(label, config, &merged))
 }
 
 fn compare(args: &BenchArgs) -> Result<(), String> {

@@ -111,11 +111,14 @@ pub struct RunResult {
     pub machine: Machine,
     /// Successful responses in the window.
     pub ok: u64,
-    /// Requests sent in the window.
+    /// Requests due in the window that were sent.
     pub sent: u64,
-    /// Failures by kind.
+    /// Request failures by kind.
     pub errors: BTreeMap<String, u64>,
-    /// Successful responses per second.
+    /// Connection events by kind (reconnects, idle closes, warm-up losses).
+    #[serde(default)]
+    pub connection_events: BTreeMap<String, u64>,
+    /// Successful responses completed in the window, per second.
     pub throughput: f64,
     /// Latency from the intended send time (corrected for coordinated omission), µs.
     pub latency_us: Percentiles,
@@ -129,27 +132,33 @@ impl RunResult {
     /// Summarizes what the client threads measured (merged).
     pub fn new(label: String, config: RunConfig, measured: &ThreadResult) -> Self {
         let latency = &measured.latency;
+        // The spectrum stops at the highest percentile the samples resolve (1 - 1/n), where
+        // the maximum sits; beyond it a plot would only extend the maximum.
+        let top = 100.0 * (1.0 - 1.0 / latency.len().max(1) as f64);
         let spectrum = if latency.is_empty() {
             Vec::new()
         } else {
-            latency
+            let mut points: Vec<(f64, f64)> = latency
                 .iter_quantiles(5)
                 .map(|v| {
                     (
-                        v.quantile_iterated_to() * 100.0,
+                        (v.quantile_iterated_to() * 100.0).min(top),
                         v.value_iterated_to() as f64 / 1000.0,
                     )
                 })
-                .collect()
+                .collect();
+            points.dedup_by(|b, a| a.0 == b.0 && a.1 >= b.1);
+            points
         };
         RunResult {
             label,
-            throughput: measured.ok as f64 / config.duration_s.max(1e-9),
+            throughput: measured.completed_in_window as f64 / config.duration_s.max(1e-9),
             config,
             machine: Machine::current(),
             ok: measured.ok,
             sent: measured.sent,
             errors: measured.errors.clone(),
+            connection_events: measured.connection_events.clone(),
             latency_us: Percentiles::of(latency),
             service_us: Percentiles::of(&measured.service),
             spectrum,
@@ -188,11 +197,15 @@ impl RunResult {
         );
         out += &format!("  workload      {}\n", c.workload);
         out += &format!(
-            "  requests      {} ok, {} errors ({} sent)\n",
+            "  requests      {} ok, {} errors ({} sent; {} due but never sent)\n",
             self.ok,
             self.error_count(),
-            self.sent
+            self.sent,
+            self.errors.get("never_sent").copied().unwrap_or(0)
         );
+        if self.ok == 0 {
+            out += "  WARNING       no request succeeded: the numbers below describe nothing\n";
+        }
         out += &format!("  throughput    {:.1} req/s\n", self.throughput);
         out += &format!(
             "  latency       {}   (from intended send)\n",
@@ -202,13 +215,17 @@ impl RunResult {
             "  service time  {}   (from actual send)\n",
             p(&self.service_us)
         );
-        if !self.errors.is_empty() {
-            let errs: Vec<String> = self
-                .errors
-                .iter()
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
                 .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            out += &format!("  errors        {}\n", errs.join(", "));
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.errors.is_empty() {
+            out += &format!("  errors        {}\n", list(&self.errors));
+        }
+        if !self.connection_events.is_empty() {
+            out += &format!("  connections   {}\n", list(&self.connection_events));
         }
         out
     }
@@ -253,6 +270,7 @@ mod tests {
             m.service.record(i * 1000).unwrap();
         }
         m.ok = 1000;
+        m.completed_in_window = 1000;
         m.sent = 1003;
         m.errors.insert("http_429".to_string(), 3);
         let r = RunResult::new("a".into(), config(), &m);

@@ -23,7 +23,10 @@ pub enum Arrival {
 /// The intended send times of an open-loop run, one after another.
 #[derive(Debug)]
 pub struct Schedule {
-    next: Instant,
+    start: Instant,
+    /// Offset of the next send from `start`, in nanoseconds; accumulated in floating point so
+    /// that rounding never drifts the rate, whatever the gap.
+    next_ns: f64,
     mean_gap_ns: f64,
     arrival: Arrival,
     rng: fastrand::Rng,
@@ -31,10 +34,15 @@ pub struct Schedule {
 
 impl Schedule {
     /// A schedule of `rate` requests per second starting at `start`, seeded for repeatability.
+    /// The caller checks that the rate is positive and finite.
     pub fn new(start: Instant, rate: f64, arrival: Arrival, seed: u64) -> Self {
-        assert!(rate > 0.0, "a schedule needs a positive rate");
+        assert!(
+            rate > 0.0 && rate.is_finite(),
+            "a schedule needs a positive, finite rate"
+        );
         Schedule {
-            next: start,
+            start,
+            next_ns: 0.0,
             mean_gap_ns: 1e9 / rate,
             arrival,
             rng: fastrand::Rng::with_seed(seed),
@@ -43,20 +51,19 @@ impl Schedule {
 
     /// The next intended send time (non-decreasing).
     pub fn next_send(&mut self) -> Instant {
-        let at = self.next;
-        let gap = match self.arrival {
+        let at = self.peek();
+        self.next_ns += match self.arrival {
             Arrival::Constant => self.mean_gap_ns,
             // Inverse transform sampling: -ln(U) is exponential with mean 1; 1 - f64() is in
             // (0, 1], so the logarithm is finite.
             Arrival::Poisson => -(1.0 - self.rng.f64()).ln() * self.mean_gap_ns,
         };
-        self.next += Duration::from_nanos(gap.round() as u64);
         at
     }
 
     /// The intended time of the next request, without consuming it.
     pub fn peek(&self) -> Instant {
-        self.next
+        self.start + Duration::from_nanos(self.next_ns as u64)
     }
 }
 
