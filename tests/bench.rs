@@ -125,7 +125,7 @@ fn a_sweep_finds_the_highest_rate_under_the_slo() {
     );
     assert!(lines[1].contains("1000 req/s"), "{out}");
     assert!(
-        out.contains("highest load with p99 under 50.00 ms: 1000 req/s"),
+        out.contains("highest load with p99 under 50.00 ms before the first miss: 1000 req/s"),
         "{out}"
     );
 }

@@ -273,19 +273,26 @@ fn run(args: &BenchArgs) -> Result<(), String> {
     }
     if let (true, Some(slo)) = (sweeping, args.slo) {
         let slo_us = slo.as_secs_f64() * 1e6;
-        match results
-            .iter()
-            .filter(|r| r.ok > 0 && r.error_count() == 0 && r.latency_us.p99 <= slo_us)
-            .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
-        {
+        let (knee, later) = knee(&results, slo_us);
+        match knee {
             Some(best) => println!(
-                "highest load with p99 under {}: {} ({:.0} req/s, p99 {})",
+                "highest load with p99 under {} before the first miss: {} ({:.0} req/s, p99 {})",
                 fmt_us(slo_us),
                 best.label,
                 best.throughput,
                 fmt_us(best.latency_us.p99)
             ),
-            None => println!("no load kept p99 under {} without errors", fmt_us(slo_us)),
+            None => println!(
+                "the first load already missed the SLO (p99 under {}, no errors)",
+                fmt_us(slo_us)
+            ),
+        }
+        if !later.is_empty() {
+            let labels: Vec<&str> = later.iter().map(|r| r.label.as_str()).collect();
+            println!(
+                "  later steps within the SLO after a miss (noise near the knee; repeat there): {}",
+                labels.join(", ")
+            );
         }
     }
     if let Some(path) = &args.json {
@@ -305,13 +312,26 @@ fn run(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a run met the SLO: something succeeded, nothing failed, p99 within it.
+fn within_slo(r: &RunResult, slo_us: f64) -> bool {
+    r.ok > 0 && r.error_count() == 0 && r.latency_us.p99 <= slo_us
+}
+
+/// The knee of a sweep, in the order it ran: the last step of the leading run of steps within the
+/// SLO, and the steps that met it again after the first miss (a sweep that dips back under the
+/// SLO past the knee is noise, not capacity).
+fn knee(results: &[RunResult], slo_us: f64) -> (Option<&RunResult>, Vec<&RunResult>) {
+    let leading = results.iter().take_while(|r| within_slo(r, slo_us)).count();
+    let later = results[leading..]
+        .iter()
+        .filter(|r| within_slo(r, slo_us))
+        .collect();
+    (leading.checked_sub(1).map(|i| &results[i]), later)
+}
+
 fn sweep_line(r: &RunResult, slo: Option<Duration>) -> String {
     let verdict = match slo {
-        Some(slo)
-            if r.ok > 0 && r.error_count() == 0 && r.latency_us.p99 <= slo.as_secs_f64() * 1e6 =>
-        {
-            "  within SLO"
-        }
+        Some(slo) if within_slo(r, slo.as_secs_f64() * 1e6) => "  within SLO",
         Some(_) => "  over SLO",
         None => "",
     };
@@ -514,6 +534,36 @@ mod tests {
         assert!(parse_sweep("a").is_err());
         assert!(parse_sweep("0,1").is_err());
         assert!(parse_sweep("1:1000000:1").is_err());
+    }
+
+    #[test]
+    fn the_knee_is_the_last_step_before_the_first_miss() {
+        let step = |label: &str, p99: f64, errors: u64| {
+            let mut r = RunResult::new(label.into(), report::test_config(), &ThreadResult::empty());
+            r.ok = 100;
+            r.latency_us.p99 = p99;
+            if errors > 0 {
+                r.errors.insert("http_429".into(), errors);
+            }
+            r
+        };
+        let sweep = [
+            step("10k", 200.0, 0),
+            step("20k", 400.0, 0),
+            step("30k", 1200.0, 0),
+            step("40k", 900.0, 0),
+            step("50k", 800.0, 3),
+        ];
+        let (found, later) = knee(&sweep, 1000.0);
+        assert_eq!(found.unwrap().label, "20k");
+        let later: Vec<&str> = later.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(later, ["40k"]);
+        let (none, later) = knee(&sweep[2..], 1000.0);
+        assert!(none.is_none());
+        assert_eq!(later.len(), 1);
+        let mut empty = step("0", 1.0, 0);
+        empty.ok = 0;
+        assert!(knee(&[empty], 1000.0).0.is_none());
     }
 
     #[test]

@@ -242,25 +242,27 @@ pub fn fmt_us(us: f64) -> String {
     }
 }
 
+/// A plain open-loop configuration for tests.
+#[cfg(test)]
+pub(crate) fn test_config() -> RunConfig {
+    RunConfig {
+        url: "http://127.0.0.1:8000".into(),
+        model: "identity".into(),
+        workload: "INPUT0 FP32 [1, 16]".into(),
+        mode: "open".into(),
+        rate: Some(1000.0),
+        arrival: Some("poisson".into()),
+        concurrency: None,
+        connections: 8,
+        threads: 1,
+        duration_s: 2.0,
+        warmup_s: 1.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config() -> RunConfig {
-        RunConfig {
-            url: "http://127.0.0.1:8000".into(),
-            model: "identity".into(),
-            workload: "INPUT0 FP32 [1, 16]".into(),
-            mode: "open".into(),
-            rate: Some(1000.0),
-            arrival: Some("poisson".into()),
-            concurrency: None,
-            connections: 8,
-            threads: 1,
-            duration_s: 2.0,
-            warmup_s: 1.0,
-        }
-    }
 
     #[test]
     fn results_summarize_and_round_trip_through_json() {
@@ -273,7 +275,7 @@ mod tests {
         m.completed_in_window = 1000;
         m.sent = 1003;
         m.errors.insert("http_429".to_string(), 3);
-        let r = RunResult::new("a".into(), config(), &m);
+        let r = RunResult::new("a".into(), test_config(), &m);
         assert_eq!(r.throughput, 500.0);
         assert!(
             (r.latency_us.p50 - 500.0).abs() < 1.0,
