@@ -125,12 +125,7 @@ fn concurrent_requests_form_batches_with_correct_outputs() {
 
 #[test]
 fn a_burst_beyond_max_queue_size_gets_429_and_every_admitted_request_succeeds() {
-    let s = server_with(
-        1,
-        "burst",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 100000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
-         [models.synthetic.dynamic_batching]\nmax_queue_size = 4\n",
-    );
+    let s = server_with(1, "burst", &slow_synthetic(100000, "max_queue_size = 4"));
     let results = burst(&s, 16, |i| synthetic_body(&[i as f32], json!({})));
     let ok: Vec<_> = results.iter().filter(|r| r.status == 200).collect();
     let rejected: Vec<_> = results.iter().filter(|r| r.status == 429).collect();
@@ -186,8 +181,7 @@ fn a_request_times_out_in_the_queue_near_its_deadline() {
     let s = server_with(
         1,
         "deadline",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 300000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
-         [models.synthetic.dynamic_batching]\ndefault_timeout_microseconds = 40000\n",
+        &slow_synthetic(300000, "default_timeout_microseconds = 40000"),
     );
     // The first request occupies the model for 300 ms.
     let blocker = std::thread::scope(|scope| {
@@ -246,8 +240,7 @@ fn higher_priority_requests_run_first() {
     let s = server_with(
         1,
         "priority",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 60000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
-         [models.synthetic.dynamic_batching]\npriority_levels = 2\ndefault_priority_level = 2\n",
+        &slow_synthetic(60000, "priority_levels = 2\ndefault_priority_level = 2"),
     );
     let order = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
@@ -279,11 +272,7 @@ fn higher_priority_requests_run_first() {
 
 #[test]
 fn a_request_whose_client_left_is_dropped_before_it_runs() {
-    let s = server_with(
-        1,
-        "gone",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 200000\ncost_per_item_us = 0\nmax_batch_size = 1\n",
-    );
+    let s = server_with(1, "gone", &slow_synthetic(200000, ""));
     std::thread::scope(|scope| {
         let h = scope.spawn(|| {
             s.client().post_json(
@@ -391,8 +380,7 @@ fn max_queue_size_bounds_waiting_requests_not_running_ones() {
     let s = server_with(
         1,
         "queue-bound",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 300000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
-         [models.synthetic.dynamic_batching]\nmax_queue_size = 2\n",
+        &slow_synthetic(300000, "max_queue_size = 2"),
     );
     std::thread::scope(|scope| {
         let send = |delay_ms: u64| {

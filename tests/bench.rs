@@ -132,11 +132,7 @@ fn a_sweep_finds_the_highest_rate_under_the_slo() {
 
 #[test]
 fn refusals_are_counted_by_status() {
-    let cfg = config_file(
-        "bench-429",
-        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = 50000\ncost_per_item_us = 0\nmax_batch_size = 1\n\
-         [models.synthetic.dynamic_batching]\nmax_queue_size = 1\n",
-    );
+    let cfg = config_file("bench-429", &slow_synthetic(50000, "max_queue_size = 1"));
     let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
     let out_json = tmp("refused.json");
     let (code, out, err) = bench(&format!("--url {} --model synthetic --shape INPUT0:4 --rate 200 --duration 1s --warmup 200ms --json {}", s.url(), out_json.to_str().unwrap()));

@@ -96,49 +96,30 @@ fn check_config_names_the_bad_key() {
     assert!(err.contains("/no/such/file.toml"), "{err}");
 }
 
+/// `friday serve` on 127.0.0.1 with `args`, which must fail at startup (exit 1); its stderr.
+fn serve_error(args: &[&str]) -> String {
+    let mut all = vec!["serve", "--http-address", "127.0.0.1"];
+    all.extend_from_slice(args);
+    let (code, _, err) = friday(&all);
+    assert_eq!(code, 1, "{all:?}: {err}");
+    err
+}
+
 #[test]
 fn startup_errors_name_the_fix() {
-    let (code, _, err) = friday(&[
-        "serve",
-        "--http-address",
-        "127.0.0.1",
-        "--http-port",
-        "0",
-        "--shards",
-        "4096",
-    ]);
-    assert_eq!(code, 1);
+    let err = serve_error(&["--http-port", "0", "--shards", "4096"]);
     assert!(err.contains("lower --shards"), "{err}");
 
-    let (code, _, err) = friday(&[
-        "serve",
-        "--http-address",
-        "127.0.0.1",
-        "--http-port",
-        "0",
-        "--cpus",
-        "4000",
-    ]);
-    assert_eq!(code, 1);
+    let err = serve_error(&["--http-port", "0", "--cpus", "4000"]);
     assert!(err.contains("affinity mask"), "{err}");
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
-    let (code, _, err) = friday(&[
-        "serve",
-        "--http-address",
-        "127.0.0.1",
-        "--http-port",
-        &port,
-        "--shards",
-        "1",
-    ]);
-    assert_eq!(code, 1);
+    let err = serve_error(&["--http-port", &port, "--shards", "1"]);
     assert!(err.contains("--http-port"), "{err}");
 
     let dir = std::env::temp_dir();
-    let (code, _, err) = friday(&[
-        "serve",
+    let err = serve_error(&[
         "--http-port",
         "0",
         "--shards",
@@ -146,6 +127,5 @@ fn startup_errors_name_the_fix() {
         "--model-repository",
         dir.to_str().unwrap(),
     ]);
-    assert_eq!(code, 1);
     assert!(err.contains("built-in"), "{err}");
 }

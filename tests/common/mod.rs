@@ -345,6 +345,19 @@ pub fn config_file(name: &str, toml: &str) -> std::path::PathBuf {
     path
 }
 
+/// A config whose `synthetic` model runs one item per batch on a worker, each batch busy for
+/// `cost_per_batch_us`, followed by `dynamic_batching` lines (may be empty).
+pub fn slow_synthetic(cost_per_batch_us: u64, dynamic_batching: &str) -> String {
+    let mut toml = format!(
+        "[models.synthetic]\nplacement = \"worker\"\ncost_per_batch_us = {cost_per_batch_us}\n\
+         cost_per_item_us = 0\nmax_batch_size = 1\n"
+    );
+    if !dynamic_batching.is_empty() {
+        toml += &format!("[models.synthetic.dynamic_batching]\n{dynamic_batching}\n");
+    }
+    toml
+}
+
 /// Makes sure python3 can import `modules`, installing `packages` with pip if not. Fails (never
 /// skips) when it cannot.
 pub fn ensure_python(modules: &str, packages: &[&str]) {
