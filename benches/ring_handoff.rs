@@ -1,10 +1,11 @@
 //! Ring handoff: what it costs to hand a batch from a shard to where it runs and get the result
 //! back, hop by hop, for friday's two placements and a baseline twin.
 //!
-//! - inline: the shard pushes into an rtrb ring and rings a local doorbell; a task in the
-//!   `batch` queue pops, runs the model and completes back (what `runtime::batcher` does).
+//! - inline: the request goes into the batching policy's queue on the shard's own thread, the
+//!   policy hands it out as a batch in the same loop turn, and the model runs right there (what
+//!   `runtime::batcher` does for an inline model).
 //! - worker: `friday::runtime::worker::Worker` itself: rtrb ring + `unpark` to a pinned thread,
-//!   rtrb ring + socketpair doorbell back to the shard's reactor.
+//!   rtrb ring + eventfd doorbell back to the shard, which sleeps on it as its engine does.
 //! - baseline twin: two plain threads and two crossbeam channels (blocking send/recv).
 //!
 //! Hops, per round trip: `handoff` (submitted → the runner starts), `run` (the model: identity
@@ -15,12 +16,15 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
 use friday::batch::assemble::{self, Inputs};
+use friday::batch::{BatchQueue, Batchable, PolicyConfig, Step};
 use friday::model::{Identity, Model};
+use friday::runtime::engine::Doorbell;
 use friday::runtime::worker::{Job, Worker};
 use friday::tensor::{DataType, Tensor};
-use glommio::channels::local_channel;
-use glommio::{LocalExecutorBuilder, Placement, Shares};
 use hdrhistogram::Histogram;
 use smallvec::smallvec;
 
@@ -90,81 +94,90 @@ fn inputs() -> Inputs {
     }]
 }
 
+fn policy() -> BatchQueue<Item> {
+    BatchQueue::new(PolicyConfig {
+        max_batch_size: 32,
+        max_queue_delay: Duration::ZERO,
+        preferred_batch_sizes: Vec::new(),
+        max_queue_size: 64,
+        priority_levels: 1,
+    })
+}
+
+/// A queued request, as the shard's batcher holds one.
+struct Item(Inputs);
+
+impl Batchable for Item {
+    fn items(&self) -> usize {
+        1
+    }
+    fn fits_with(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// What the shard's batcher does for an inline model: the policy queue on the shard's own
+/// thread (no ring, no doorbell), polled in the same loop turn, the batch run right there.
 fn inline(cpu: usize) -> Hops {
-    LocalExecutorBuilder::new(Placement::Fixed(cpu))
-        .io_memory(64 << 10)
-        .spawn(|| async move {
-            let model = Identity::new();
-            let batch_queue = glommio::executor().create_task_queue(
-                Shares::Static(1000),
-                glommio::Latency::NotImportant,
-                "batch",
-            );
-            let (mut tx, mut rx) = rtrb::RingBuffer::<(Instant, Inputs)>::new(64);
-            let (bell, bell_rx) = local_channel::new_bounded::<()>(1);
-            let (done_tx, done_rx) = local_channel::new_bounded::<(Instant, Instant)>(1);
-            glommio::spawn_local_into(
-                async move {
-                    while bell_rx.recv().await.is_some() {
-                        while let Ok((_, inputs)) = rx.pop() {
-                            let t1 = Instant::now();
-                            let r = assemble::run(&model, inputs, &[1], true);
-                            let t2 = Instant::now();
-                            drop(r);
-                            if done_tx.send((t1, t2)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                },
-                batch_queue,
-            )
-            .expect("spawn the batch task")
-            .detach();
-            let mut hops = Hops::new();
-            for i in 0..ROUND_TRIPS {
-                let t0 = Instant::now();
-                if tx.push((t0, inputs())).is_err() {
-                    unreachable!("one in flight");
-                }
-                let _ = bell.try_send(());
-                let (t1, t2) = done_rx.recv().await.expect("the batch task answers");
-                hops.record(i, t0, t1, t2, Instant::now());
-            }
-            hops
-        })
-        .expect("start an executor")
-        .join()
-        .expect("the executor ran")
+    friday::topology::pin_current_thread(cpu);
+    let model = Identity::new();
+    let mut queue = policy();
+    let mut step = Step::default();
+    let mut hops = Hops::new();
+    for i in 0..ROUND_TRIPS {
+        let t0 = Instant::now();
+        if queue.push(Item(inputs()), 0, None, t0).is_err() {
+            unreachable!("one in flight");
+        }
+        queue.poll(Instant::now(), true, false, |_| false, &mut step);
+        let Item(batch) = step.batch.pop().expect("a free slot takes the request");
+        let t1 = Instant::now();
+        let r = assemble::run(&model, batch, &[1], true);
+        let t2 = Instant::now();
+        drop(r);
+        hops.record(i, t0, t1, t2, Instant::now());
+    }
+    hops
+}
+
+/// Sleeps until `bell` rings, as the shard's engine does between turns.
+fn wait_for(bell: &Doorbell) {
+    let mut pfd = libc::pollfd {
+        fd: bell.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; blocks until the eventfd is readable.
+    unsafe { libc::poll(&mut pfd, 1, -1) };
+    let mut n = 0u64;
+    // SAFETY: reads the eventfd's 8-byte counter into a u64 we own (non-blocking).
+    unsafe { libc::read(bell.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
 }
 
 fn worker(shard_cpu: usize, worker_cpu: usize) -> Hops {
-    LocalExecutorBuilder::new(Placement::Fixed(shard_cpu))
-        .io_memory(64 << 10)
-        .spawn(move || async move {
-            let model: std::sync::Arc<dyn Model> = std::sync::Arc::new(Identity::new());
-            let mut w =
-                Worker::spawn(model, worker_cpu, "bench-worker".into()).expect("spawn a worker");
-            let mut hops = Hops::new();
-            for i in 0..ROUND_TRIPS {
-                let t0 = Instant::now();
-                w.submit(Job {
-                    inputs: inputs(),
-                    sizes: smallvec![1],
-                });
-                let done = loop {
-                    if let Some(d) = w.try_done() {
-                        break d;
-                    }
-                    w.doorbell().await;
-                };
-                hops.record(i, t0, done.infer_start, done.infer_end, Instant::now());
+    friday::topology::pin_current_thread(shard_cpu);
+    let model: Arc<dyn Model> = Arc::new(Identity::new());
+    let bell = Arc::new(Doorbell::new().expect("an eventfd"));
+    let mut w = Worker::spawn(model, worker_cpu, "bench-worker".into(), bell.clone())
+        .expect("spawn a worker");
+    let mut hops = Hops::new();
+    for i in 0..ROUND_TRIPS {
+        let t0 = Instant::now();
+        w.submit(Job {
+            inputs: inputs(),
+            sizes: smallvec![1],
+        });
+        let done = loop {
+            if let Some(d) = w.try_done() {
+                break d;
             }
-            hops
-        })
-        .expect("start an executor")
-        .join()
-        .expect("the executor ran")
+            wait_for(&bell);
+        };
+        hops.record(i, t0, done.infer_start, done.infer_end, Instant::now());
+    }
+    drop(w);
+    // The worker pinned itself at SCHED_IDLE; this thread (the "shard") is still normal.
+    hops
 }
 
 fn crossbeam(shard_cpu: usize, worker_cpu: usize) -> Hops {
@@ -223,8 +236,8 @@ fn main() {
     );
     println!("shard on CPU {shard}; \"other CPU\" is CPU {other}");
     let started = Instant::now();
-    inline(shard).report("inline: rtrb + local doorbell, batch task queue (same thread)");
-    worker(shard, other).report("worker on another CPU: rtrb + unpark, socketpair doorbell back");
+    inline(shard).report("inline: policy queue on the shard's thread, run in the same turn");
+    worker(shard, other).report("worker on another CPU: rtrb + unpark, eventfd doorbell back");
     worker(shard, shard).report("worker on the shard's CPU (friday's placement; SCHED_IDLE)");
     crossbeam(shard, other)
         .report("baseline twin: crossbeam channels, blocking threads on two CPUs");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, EngineChoice, LogFormat};
 
 /// friday: a thread-per-core KServe v2 inference server.
 #[derive(Debug, Parser)]
@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Model repository directory [default: none, the built-in models identity and simple]
     #[arg(long, value_name = "DIR")]
     pub model_repository: Option<PathBuf>,
+    /// I/O engine: io_uring where the host allows it, else epoll (auto), or one of them
+    /// [default: auto]
+    #[arg(long, value_name = "ENGINE", value_enum, env = "FRIDAY_ENGINE")]
+    pub engine: Option<EngineChoice>,
     /// Log format [default: text]
     #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -81,6 +85,9 @@ impl ServeArgs {
         }
         if let Some(r) = &self.model_repository {
             config.model_repository = Some(r.clone());
+        }
+        if let Some(e) = self.engine {
+            config.engine = e;
         }
         if let Some(f) = self.log_format {
             config.log.format = f;

@@ -65,10 +65,40 @@ impl fmt::Display for LogFormat {
     }
 }
 
+/// Which I/O engine the shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+pub enum EngineChoice {
+    /// io_uring when this host allows it (a probe ring is set up at start), epoll otherwise.
+    #[default]
+    #[serde(rename = "auto")]
+    #[value(name = "auto")]
+    Auto,
+    /// io_uring, or refuse to start (saying why) where it is unavailable.
+    #[serde(rename = "io_uring")]
+    #[value(name = "io_uring")]
+    IoUring,
+    /// epoll (mio), everywhere.
+    #[serde(rename = "epoll")]
+    #[value(name = "epoll")]
+    Epoll,
+}
+
+impl fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::IoUring => "io_uring",
+            EngineChoice::Epoll => "epoll",
+        })
+    }
+}
+
 /// friday's whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The I/O engine: `auto` (io_uring where available, else epoll), `io_uring` or `epoll`.
+    pub engine: EngineChoice,
     /// The HTTP/1.1 front end.
     pub http: HttpConfig,
     /// Which CPUs run shards.

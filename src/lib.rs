@@ -18,31 +18,38 @@
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
 //! | [`bench`] | `friday bench`: the open-loop load generator (mio client threads, reports, plots) |
-//! | [`runtime`] | everything glommio: pinned executors, listeners, connections, buffers, batchers, workers, the mesh, drain |
+//! | [`runtime`] | everything that touches threads and the kernel: pinned shard loops, the io_uring and epoll engines, listeners, connections, buffers, batchers, workers, the mesh, drain |
 //!
 //! # Model
 //!
-//! One shard per CPU. A shard is one glommio `LocalExecutor` pinned to its CPU; it owns its
-//! `SO_REUSEPORT` listener (the kernel spreads new connections across shards), every connection
-//! it accepted, the buffers those connections read into and write from, one batcher per model
-//! (a bounded rtrb ring and the batching policy), its statistics and metrics and its drain
-//! state. Per-shard state is `Rc`/`Cell`, so it is `!Send` on purpose: the compiler rejects
-//! accidental sharing. A request is parsed, decoded, queued, batched, run and answered on the
-//! shard that accepted its connection; requests never cross cores.
+//! One shard per CPU. A shard is one thread pinned to its CPU running a synchronous event loop
+//! over one I/O engine: an io_uring ring (`SINGLE_ISSUER`, `DEFER_TASKRUN`; one
+//! `io_uring_enter` per loop turn submits everything the turn asked for and waits for what
+//! completed), or epoll where io_uring is unavailable. It owns its `SO_REUSEPORT` listener (the
+//! kernel spreads new connections across shards), every connection it accepted (each a state
+//! machine over the sans-I/O decoders), the buffers those connections read into and write from,
+//! one batcher per model (the batching policy and its queue), its statistics and metrics and its
+//! drain state. There are no futures and no wakers on the request path, and no timer object per
+//! request: deadlines live in the batching policy and in one sweep over the connections. Per-shard
+//! state is built on the shard's thread and never leaves it. A request is parsed, decoded,
+//! queued, batched, run and answered on the shard that accepted its connection; requests never
+//! cross cores. When an inline model is idle, a request skips the queue and runs at once on the
+//! bytes it arrived in.
 //!
-//! Where a batch runs is per model: `inline`, on the shard's thread in its own task queue, or
-//! `worker`, on a thread pinned to the shard's CPU at `SCHED_IDLE`, so the reactor preempts it
-//! whenever there is I/O to serve.
+//! Where a batch runs is per model: `inline`, on the shard's thread between I/O turns, or
+//! `worker`, on a thread pinned to the shard's CPU at `SCHED_IDLE`, so the kernel preempts it
+//! whenever the shard has I/O to serve.
 //!
 //! Models are `Arc<dyn Model>`: loaded once, shared read-only by every shard, called with `&self`.
 //!
-//! Data crosses threads only by these paths:
+//! Data crosses threads only by these paths, each announced by the receiving shard's doorbell
+//! (an eventfd its engine watches):
 //! - the control thread (signals) tells each shard to drain ([`runtime::mesh::ShardMsg::Drain`]);
 //! - a shard that answers `GET …/stats` or `GET /metrics` asks its peers for their numbers and
 //!   merges the snapshots ([`runtime::mesh::ShardMsg::SnapshotRequest`] /
-//!   [`runtime::mesh::ShardMsg::SnapshotReply`]);
+//!   [`runtime::mesh::ShardMsg::SnapshotReply`]), through bounded crossbeam channels;
 //! - a shard and its model workers hand batches back and forth through two wait-free rtrb rings,
-//!   a park token and a doorbell byte ([`runtime::worker`]); the worker shares the shard's CPU.
+//!   a park token and the doorbell ([`runtime::worker`]); the worker shares the shard's CPU.
 //!
 //! # Invariants
 //!
@@ -53,8 +60,8 @@
 //! - Every queue is bounded: connections per shard, header bytes, body bytes, requests waiting per
 //!   model (`max_queue_size`, 429 beyond it), worker rings, mesh channels, concurrent gathers.
 //! - No input can panic a shard: every decoder returns an error for every byte string.
-//! - The protocol core ([`http`], [`protocol`], [`service`], [`model`]) knows nothing of glommio;
-//!   only [`runtime`] does, so the I/O engine can change without touching them.
+//! - The protocol core ([`http`], [`protocol`], [`service`], [`model`]) knows nothing of the I/O
+//!   engine; only [`runtime`] does, and inside it only [`runtime::engine`] names io_uring or epoll.
 #![warn(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 

@@ -3,7 +3,7 @@
 //! [`ServiceState`] is what every shard shares read-only (the registry and the documents rendered
 //! from it once at startup). [`ShardService`] is one shard's view: the shared state plus its own
 //! statistics, metrics, drain flag and cached `Date` header. The handler knows nothing of sockets
-//! or glommio. What it cannot do alone it hands back to the runtime as an [`Action`]: an infer
+//! or I/O engines. What it cannot do alone it hands back to the runtime as an [`Action`]: an infer
 //! request goes to the model's batcher ([`Action::Infer`], answered later by
 //! [`ShardService::finish_infer`]), and statistics and metrics need every shard's numbers
 //! ([`Action::Gather`]).
@@ -124,6 +124,19 @@ pub struct InferJob<'r> {
     pub decoded: Instant,
     /// Its queue level (0-based; 0 is served first).
     pub level: usize,
+}
+
+impl InferJob<'_> {
+    /// The job without its inputs, owning its data: see [`InferRequest::detach`].
+    pub fn detach(self) -> InferJob<'static> {
+        InferJob {
+            model: self.model,
+            request: self.request.detach(),
+            received: self.received,
+            decoded: self.decoded,
+            level: self.level,
+        }
+    }
 }
 
 /// What the runtime must do after [`ShardService::handle`].

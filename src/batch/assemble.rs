@@ -77,10 +77,12 @@ struct OutputTensor {
     data: OutputData,
 }
 
-/// A batch after the model ran: its inputs, its outputs, and each request's rows.
+/// A batch after the model ran: its inputs, its outputs, and each request's rows. `'i` is the
+/// inputs' lifetime: `'static` for queued requests (pooled buffers), shorter for the idle fast
+/// path, which runs a request on the bytes it arrived in.
 #[derive(Debug)]
-pub struct BatchResult {
-    inputs: Inputs,
+pub struct BatchResult<'i> {
+    inputs: SmallVec<[Tensor<'i>; 2]>,
     outputs: SmallVec<[OutputTensor; 2]>,
     /// Per request: its batch size, and per output the byte range of its rows.
     rows: Vec<(usize, SmallVec<[Range<usize>; 2]>)>,
@@ -89,12 +91,12 @@ pub struct BatchResult {
 /// Runs `model` on the joined `inputs` of requests whose batch sizes are `sizes` (in order).
 /// `batched` says the model has a batch dimension to split outputs along; without one there is
 /// exactly one request. A panicking model is an error, not an unwinding shard.
-pub fn run(
+pub fn run<'i>(
     model: &dyn Model,
-    inputs: Inputs,
+    inputs: SmallVec<[Tensor<'i>; 2]>,
     sizes: &[usize],
     batched: bool,
-) -> Result<BatchResult, String> {
+) -> Result<BatchResult<'i>, String> {
     let outputs = catch_unwind(AssertUnwindSafe(|| {
         model.infer(&inputs).map(|outs| {
             outs.into_iter()
@@ -114,7 +116,7 @@ pub fn run(
 }
 
 /// Keeps an output without copying when it borrows from an input.
-fn own_output(t: Tensor<'_>, inputs: &Inputs) -> OutputTensor {
+fn own_output(t: Tensor<'_>, inputs: &[Tensor<'_>]) -> OutputTensor {
     let data = match t.data {
         Cow::Owned(v) => OutputData::Owned(v),
         Cow::Borrowed(slice) => {
@@ -141,7 +143,7 @@ fn own_output(t: Tensor<'_>, inputs: &Inputs) -> OutputTensor {
     }
 }
 
-impl BatchResult {
+impl<'i> BatchResult<'i> {
     fn bytes(&self, output: usize) -> &[u8] {
         match &self.outputs[output].data {
             OutputData::Owned(v) => v,
@@ -233,7 +235,7 @@ impl BatchResult {
     }
 
     /// Hands the batch's buffers back for reuse.
-    pub fn into_buffers(self) -> impl Iterator<Item = Vec<u8>> {
+    pub fn into_buffers(self) -> impl Iterator<Item = Vec<u8>> + 'i {
         let inputs = self.inputs.into_iter().filter_map(|t| match t.data {
             Cow::Owned(v) => Some(v),
             Cow::Borrowed(_) => None,

@@ -44,6 +44,22 @@ pub struct InferRequest<'a> {
     pub timeout_us: Option<u64>,
 }
 
+impl InferRequest<'_> {
+    /// The request without its inputs (a batcher took them), owning what it still borrowed, so
+    /// it can wait for its batch after the bytes it arrived in are reused. Allocates only for an
+    /// `id`.
+    pub fn detach(self) -> InferRequest<'static> {
+        InferRequest {
+            id: self.id.map(|id| Cow::Owned(id.into_owned())),
+            inputs: SmallVec::new(),
+            outputs: self.outputs,
+            batch_size: self.batch_size,
+            priority: self.priority,
+            timeout_us: self.timeout_us,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow, default)]

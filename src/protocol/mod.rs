@@ -3,7 +3,7 @@
 //! Owns the protocol's shapes: which path means what ([`routes`]), infer requests in JSON and in
 //! the binary tensor extension ([`infer_request`]), infer responses ([`infer_response`]), tensor
 //! data as JSON ([`json_data`]) and the metadata documents ([`metadata`]). Pure functions over
-//! byte slices: no sockets, no glommio, no clocks; every decoder returns an error for bad input
+//! byte slices: no sockets, no I/O engine, no clocks; every decoder returns an error for bad input
 //! and never panics. Kept independent of HTTP framing so a gRPC front end can reuse it.
 
 pub mod infer_request;

@@ -1,38 +1,35 @@
-//! The request batcher of one model on one shard.
+//! The request batcher of one model on one shard: a synchronous driver of the batching policy.
 //!
-//! Connection tasks [`Batcher::submit`] a decoded request: admission is checked at once (429 when
+//! A connection [`Batcher::submit`]s a decoded request: admission is checked at once (429 when
 //! `max_queue_size` requests already wait), its tensors are copied into pooled buffers, and it
-//! goes into a bounded rtrb ring. The batcher task drains the ring
-//! into the [`BatchQueue`] policy and acts on its decisions: it fails requests whose deadline
-//! passed (at that moment, even while a batch runs), drops requests whose client left, and
-//! dispatches a batch whenever the model slot is free. The batch runs either inline, on this
-//! thread in the `batch` task queue, or on the shard's worker thread ([`super::worker`]), while
-//! the reactor keeps serving I/O. Each request's connection task awaits its [`Ticket`] and then
-//! encodes its rows straight from the batch's outputs.
+//! goes straight into the [`BatchQueue`] policy (the queue is on the shard's thread, so it needs
+//! no ring; the one lock-free ring is the worker handoff, which crosses threads). The shard loop
+//! calls [`Batcher::poll`] when something changed or the policy's wake-up time came; it fails
+//! requests whose deadline passed (at that moment, even while a batch runs), drops requests whose
+//! client left, and dispatches a batch whenever the model slot is free, either inline (on this
+//! thread, now) or to the shard's worker thread ([`super::worker`]). A finished request's
+//! outcome waits under its ticket until its connection takes it ([`Batcher::take`]); the
+//! connection's key goes on the shard's ready list.
 //!
-//! Everything here is shard-local (`Rc`, `Cell`); only a worker job crosses to another thread.
+//! When an inline model's queue is empty and its slot free, a request needs no batcher at all:
+//! [`Batcher::idle_inline`] tells the connection to run it on its borrowed inputs at once (the
+//! idle fast path), which gives the same bytes as a batch of one.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::TaskQueueHandle;
 use slab::Slab;
 use smallvec::SmallVec;
 
 use super::buffers::BufferPool;
-use super::conn_table::ConnState;
+use super::engine::Doorbell;
 use super::worker::{Job, JobDone, Worker};
 use crate::batch::assemble::{self, BatchResult, Inputs};
 use crate::batch::{BatchQueue, Batchable, Step};
 use crate::config::Placement;
 use crate::error::{ApiError, ErrorKind};
-use crate::model::ModelEntry;
+use crate::model::{Model, ModelEntry};
 use crate::service::{InferJob, ShardService};
 use crate::tensor::Tensor;
 
@@ -41,7 +38,6 @@ pub(crate) struct Submission {
     ticket: usize,
     inputs: Inputs,
     items: usize,
-    level: usize,
     deadline: Option<Instant>,
 }
 
@@ -62,7 +58,7 @@ impl Batchable for Submission {
 pub(crate) enum Outcome {
     /// It ran: its outputs are rows `index` of `result`.
     Ran {
-        result: Rc<BatchResult>,
+        result: Rc<BatchResult<'static>>,
         index: usize,
         dispatched: Instant,
         infer_start: Instant,
@@ -74,16 +70,10 @@ pub(crate) enum Outcome {
     Dropped,
 }
 
-enum State {
-    Waiting(Option<Waker>),
-    Done(Outcome),
-}
-
+/// A ticket's state: the connection waiting, and the outcome once there is one.
 struct Pending {
-    conn: Rc<ConnState>,
-    state: State,
-    /// The ticket was dropped (its connection task ended): discard the outcome.
-    abandoned: bool,
+    conn: usize,
+    outcome: Option<Outcome>,
 }
 
 /// The batch running now.
@@ -93,95 +83,51 @@ struct InFlight {
     dispatched: Instant,
 }
 
+/// What [`Batcher::poll`] needs from the shard.
+pub(crate) struct PollCtx<'a, G: Fn(usize) -> bool> {
+    /// The shard's handler (statistics, metrics).
+    pub service: &'a ShardService,
+    /// The shard's tensor buffers.
+    pub pool: &'a BufferPool,
+    /// Whether a connection's client has gone.
+    pub gone: G,
+    /// Bumped whenever a client may have gone; the policy looks for gone clients only then.
+    pub gone_epoch: u64,
+    /// Connections whose outcome is ready are pushed here.
+    pub ready: &'a mut Vec<usize>,
+}
+
 /// One model's batcher on one shard.
 pub(crate) struct Batcher {
     index: usize,
     name: String,
     entry_timeout: Option<Duration>,
     max_queue_size: usize,
-    service: Rc<ShardService>,
-    pool: Rc<BufferPool>,
-    submit: RefCell<rtrb::Producer<Submission>>,
-    doorbell: LocalSender<()>,
-    pending: RefCell<Slab<Pending>>,
+    model: Arc<dyn Model>,
+    batched: bool,
+    queue: BatchQueue<Submission>,
+    tickets: Slab<Pending>,
     /// Admitted and not yet completed (waiting or running).
-    outstanding: Cell<usize>,
-    /// Admitted and not yet batched: what `max_queue_size` bounds.
-    queued: Cell<usize>,
-    /// Bumped whenever a waiting request may have lost its client (the shard's hang-up sweep, an
-    /// abandoned ticket), so the batcher looks for gone clients only then.
-    gone_epoch: Rc<Cell<u64>>,
-}
-
-/// Awaits a submitted request's [`Outcome`].
-pub(crate) struct Ticket {
-    batcher: Rc<Batcher>,
-    key: usize,
-    finished: bool,
-}
-
-impl Future for Ticket {
-    type Output = Outcome;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut pending = self.batcher.pending.borrow_mut();
-        let entry = pending
-            .get_mut(self.key)
-            .expect("a ticket's entry lives until the ticket takes its outcome");
-        match &mut entry.state {
-            State::Waiting(waker) => {
-                *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            State::Done(_) => {
-                let entry = pending.remove(self.key);
-                drop(pending);
-                self.finished = true;
-                match entry.state {
-                    State::Done(outcome) => Poll::Ready(outcome),
-                    State::Waiting(_) => unreachable!("matched Done above"),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let mut pending = self.batcher.pending.borrow_mut();
-        if let Some(entry) = pending.get_mut(self.key) {
-            match entry.state {
-                State::Done(_) => {
-                    pending.remove(self.key);
-                }
-                State::Waiting(_) => {
-                    entry.abandoned = true;
-                    let epoch = &self.batcher.gone_epoch;
-                    epoch.set(epoch.get().wrapping_add(1));
-                }
-            }
-        }
-    }
+    outstanding: usize,
+    worker: Option<Worker>,
+    in_flight: Option<InFlight>,
+    step: Step<Submission>,
+    /// Something changed since the last poll (a request arrived, a batch finished).
+    dirty: bool,
+    /// When the policy wants to be polled again at the latest.
+    wake_at: Option<Instant>,
+    seen_gone_epoch: u64,
 }
 
 impl Batcher {
-    /// Creates the batcher of `entry` on this shard and starts its task (and worker thread, for
-    /// `worker` placement, pinned to `cpu`). `gone_epoch` is bumped by the shard's hang-up sweep.
-    pub(crate) fn start(
+    /// Creates the batcher of `entry` on this shard (and its worker thread, for `worker`
+    /// placement, pinned to `cpu` and ringing `doorbell` after each batch).
+    pub(crate) fn new(
         entry: &ModelEntry,
-        service: Rc<ShardService>,
-        pool: Rc<BufferPool>,
-        gone_epoch: Rc<Cell<u64>>,
         cpu: usize,
-        queue: TaskQueueHandle,
-    ) -> Result<Rc<Batcher>, String> {
+        doorbell: &Arc<Doorbell>,
+    ) -> Result<Batcher, String> {
         let serving = &entry.serving;
-        let capacity = serving.policy.max_queue_size;
-        let (submit, ring) = rtrb::RingBuffer::new(capacity);
-        let (doorbell, doorbell_rx) = local_channel::new_bounded(1);
         let worker = match serving.placement {
             Placement::Inline => None,
             Placement::Worker => Some(
@@ -189,60 +135,94 @@ impl Batcher {
                     entry.model.clone(),
                     cpu,
                     format!("friday-worker-{}", entry.name()),
+                    doorbell.clone(),
                 )
                 .map_err(|e| format!("cannot start the worker of model '{}': {e}", entry.name()))?,
             ),
         };
-        let batcher = Rc::new(Batcher {
+        let capacity = serving.policy.max_queue_size;
+        Ok(Batcher {
             index: entry.index,
             name: entry.name().to_string(),
             entry_timeout: serving.default_timeout,
             max_queue_size: capacity,
-            service,
-            pool,
-            submit: RefCell::new(submit),
-            doorbell,
-            pending: RefCell::new(Slab::with_capacity(capacity.min(1024))),
-            outstanding: Cell::new(0),
-            queued: Cell::new(0),
-            gone_epoch,
-        });
-        let task = BatcherTask {
-            batcher: batcher.clone(),
-            model: entry.model.clone(),
             batched: entry.model.metadata().max_batch_size > 0,
+            model: entry.model.clone(),
             queue: BatchQueue::new(serving.policy.clone()),
-            ring,
-            doorbell: doorbell_rx,
+            tickets: Slab::with_capacity(capacity.min(1024)),
+            outstanding: 0,
             worker,
             in_flight: None,
+            step: Step::default(),
+            dirty: false,
+            wake_at: None,
             seen_gone_epoch: 0,
-        };
-        glommio::spawn_local_into(task.run(), queue)
-            .map_err(|e| format!("cannot spawn the batcher of model '{}': {e}", entry.name()))?
-            .detach();
-        Ok(batcher)
+        })
+    }
+
+    /// The model.
+    pub(crate) fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// Whether the model has a batch dimension.
+    pub(crate) fn batched(&self) -> bool {
+        self.batched
     }
 
     /// Requests admitted to this model on this shard and not yet answered.
     pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding.get()
+        self.outstanding
     }
 
-    /// Admits `job` (taking its inputs) or refuses it with 429 at once.
+    /// Inline, nothing queued, nothing running, and no queue delay to wait out for company: the
+    /// policy would dispatch a lone request at once, so it may run now on its own inputs.
+    pub(crate) fn idle_inline(&self) -> bool {
+        self.worker.is_none()
+            && self.in_flight.is_none()
+            && self.queue.is_empty()
+            && self.queue.config().max_queue_delay.is_zero()
+    }
+
+    /// Whether [`Batcher::poll`] has work now (as opposed to at [`Batcher::wake_at`]).
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// When the batcher must be polled at the latest, if it waits on a timer.
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        self.wake_at
+    }
+
+    /// The worker may have finished (the shard's doorbell rang): look on the next poll.
+    pub(crate) fn on_doorbell(&mut self) {
+        if self.worker.is_some() && self.in_flight.is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// A client may have gone: look on the next poll.
+    pub(crate) fn on_gone(&mut self) {
+        if !self.queue.is_empty() {
+            self.dirty = true;
+        }
+    }
+
+    /// Admits `job` from connection `conn` (taking its inputs) and returns its ticket, or refuses
+    /// it with 429 at once.
     pub(crate) fn submit(
-        self: &Rc<Self>,
+        &mut self,
         job: &mut InferJob<'_>,
-        conn: &Rc<ConnState>,
-    ) -> Result<Ticket, ApiError> {
-        let mut submit = self.submit.borrow_mut();
-        if self.queued.get() >= self.max_queue_size || submit.is_full() {
+        conn: usize,
+        pool: &BufferPool,
+    ) -> Result<usize, ApiError> {
+        if self.queue.len() >= self.max_queue_size {
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 format!(
                     "model '{}' has {} requests waiting on this shard (max_queue_size); retry later",
                     self.name,
-                    self.queued.get()
+                    self.queue.len()
                 ),
             ));
         }
@@ -260,7 +240,7 @@ impl Batcher {
                 data: std::borrow::Cow::Owned(match t.data {
                     std::borrow::Cow::Owned(v) => v,
                     std::borrow::Cow::Borrowed(b) => {
-                        let mut v = self.pool.take();
+                        let mut v = pool.take();
                         v.reserve(b.len());
                         v.extend_from_slice(b);
                         v
@@ -268,146 +248,118 @@ impl Batcher {
                 }),
             })
             .collect();
-        let key = self.pending.borrow_mut().insert(Pending {
-            conn: conn.clone(),
-            state: State::Waiting(None),
-            abandoned: false,
+        let ticket = self.tickets.insert(Pending {
+            conn,
+            outcome: None,
         });
-        let pushed = submit.push(Submission {
-            ticket: key,
+        let submission = Submission {
+            ticket,
             inputs,
             items: job.request.batch_size,
-            level: job.level,
             deadline,
-        });
-        if pushed.is_err() {
-            unreachable!("the ring was checked not full above, and only this task pushes");
-        }
-        self.outstanding.set(self.outstanding.get() + 1);
-        self.queued.set(self.queued.get() + 1);
-        // A full doorbell already holds a wake-up.
-        let _ = self.doorbell.try_send(());
-        Ok(Ticket {
-            batcher: self.clone(),
-            key,
-            finished: false,
-        })
-    }
-
-    fn complete(&self, ticket: usize, outcome: Outcome) {
-        self.outstanding.set(self.outstanding.get() - 1);
-        let mut pending = self.pending.borrow_mut();
-        let entry = &mut pending[ticket];
-        if entry.abandoned {
-            // Its connection task is gone (drain deadline, a dropped connection): count it here,
-            // as nobody else will.
-            pending.remove(ticket);
-            drop(pending);
-            self.service.record_cancelled(self.index);
-            return;
-        }
-        if let State::Waiting(Some(waker)) =
-            std::mem::replace(&mut entry.state, State::Done(outcome))
+        };
+        if self
+            .queue
+            .push(submission, job.level, deadline, Instant::now())
+            .is_err()
         {
-            waker.wake();
+            unreachable!("admission checked the queue's length against the same bound");
         }
+        self.outstanding += 1;
+        self.dirty = true;
+        Ok(ticket)
     }
 
-    fn is_gone(&self, ticket: usize) -> bool {
-        let pending = self.pending.borrow();
-        let entry = &pending[ticket];
-        entry.abandoned || entry.conn.is_gone()
-    }
-
-    /// Marks `n` requests as having left the queue (batched, expired, dropped or refused).
-    fn dequeued(&self, n: usize) {
-        self.queued.set(self.queued.get() - n);
+    /// Takes a ticket's outcome once its connection was put on the ready list.
+    pub(crate) fn take(&mut self, ticket: usize) -> Outcome {
+        self.tickets
+            .remove(ticket)
+            .outcome
+            .expect("a connection is resumed only once its outcome is set")
     }
 
     /// Gives a finished batch's buffers back to the pool once no request reads it any more.
-    pub(crate) fn recycle(&self, result: Rc<BatchResult>) {
+    pub(crate) fn recycle(result: Rc<BatchResult<'static>>, pool: &BufferPool) {
         if let Ok(result) = Rc::try_unwrap(result) {
             for buf in result.into_buffers() {
-                self.pool.give(buf);
+                pool.give(buf);
             }
         }
     }
-}
 
-/// The batcher's task state.
-struct BatcherTask {
-    batcher: Rc<Batcher>,
-    model: Arc<dyn crate::model::Model>,
-    batched: bool,
-    queue: BatchQueue<Submission>,
-    ring: rtrb::Consumer<Submission>,
-    doorbell: LocalReceiver<()>,
-    worker: Option<Worker>,
-    in_flight: Option<InFlight>,
-    /// The gone epoch at the last look for gone clients.
-    seen_gone_epoch: u64,
-}
+    fn complete(&mut self, ticket: usize, outcome: Outcome, ready: &mut Vec<usize>) {
+        self.outstanding -= 1;
+        let entry = &mut self.tickets[ticket];
+        entry.outcome = Some(outcome);
+        ready.push(entry.conn);
+    }
 
-impl BatcherTask {
-    async fn run(mut self) {
-        let mut step = Step::default();
-        loop {
-            let now = Instant::now();
-            while let Ok(sub) = self.ring.pop() {
-                let (level, deadline) = (sub.level, sub.deadline);
-                if let Err(sub) = self.queue.push(sub, level, deadline, now) {
-                    // Admission bounds the queued requests by the same size, so this is a bug.
-                    self.batcher.dequeued(1);
-                    let e = ApiError::new(ErrorKind::Overloaded, "the queue is full; retry later");
-                    self.batcher.complete(sub.ticket, Outcome::Failed(e));
-                }
-            }
-            if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
-                self.finish(done);
-            }
-            let batcher = self.batcher.clone();
-            let epoch = batcher.gone_epoch.get();
-            let check_gone = epoch != self.seen_gone_epoch;
-            self.seen_gone_epoch = epoch;
-            self.queue.poll(
-                now,
-                self.in_flight.is_none(),
-                check_gone,
-                |s| batcher.is_gone(s.ticket),
-                &mut step,
+    /// Runs the policy: takes a finished batch, fails expired requests, drops those whose client
+    /// left, dispatches a batch if the slot is free. Completed connections go on `ctx.ready`.
+    pub(crate) fn poll<G: Fn(usize) -> bool>(&mut self, now: Instant, ctx: &mut PollCtx<'_, G>) {
+        self.dirty = false;
+        if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
+            self.finish(done, ctx);
+        }
+        if self.in_flight.is_some() && self.worker.as_ref().is_some_and(|w| !w.is_alive()) {
+            self.worker_died(ctx);
+        }
+        let check_gone = ctx.gone_epoch != self.seen_gone_epoch;
+        self.seen_gone_epoch = ctx.gone_epoch;
+        let mut step = std::mem::take(&mut self.step);
+        let tickets = &self.tickets;
+        let gone = &ctx.gone;
+        self.queue.poll(
+            now,
+            self.in_flight.is_none(),
+            check_gone,
+            |s| gone(tickets[s.ticket].conn),
+            &mut step,
+        );
+        for s in step.expired.drain(..) {
+            let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
+            let e = ApiError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "request timed out waiting in the queue of model '{}' (deadline passed {} µs ago)",
+                    self.name,
+                    waited.as_micros()
+                ),
             );
-            batcher.dequeued(step.batch.len() + step.expired.len() + step.dropped.len());
-            for s in step.expired.drain(..) {
-                let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
-                self.batcher.complete(
-                    s.ticket,
-                    Outcome::Failed(ApiError::new(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "request timed out waiting in the queue of model '{}' (deadline passed {} µs ago)",
-                            self.batcher.name,
-                            waited.as_micros()
-                        ),
-                    )),
-                );
+            let ticket = s.ticket;
+            self.recycle_inputs(s.inputs, ctx.pool);
+            self.complete(ticket, Outcome::Failed(e), ctx.ready);
+        }
+        for s in step.dropped.drain(..) {
+            self.recycle_inputs(s.inputs, ctx.pool);
+            self.complete(s.ticket, Outcome::Dropped, ctx.ready);
+        }
+        if !step.batch.is_empty() {
+            self.dispatch(&mut step.batch, now, ctx);
+            // An inline batch ran on this thread: form the next one on the next loop turn, after
+            // the engine has taken what arrived meanwhile.
+            if self.worker.is_none() && !self.queue.is_empty() {
+                self.dirty = true;
             }
-            for s in step.dropped.drain(..) {
-                self.batcher.complete(s.ticket, Outcome::Dropped);
+        }
+        self.wake_at = step.wake_at;
+        self.step = step;
+    }
+
+    fn recycle_inputs(&self, inputs: Inputs, pool: &BufferPool) {
+        for t in inputs {
+            if let std::borrow::Cow::Owned(v) = t.data {
+                pool.give(v);
             }
-            if !step.batch.is_empty() {
-                self.dispatch(&mut step.batch, now);
-                if self.worker.is_none() {
-                    // An inline batch ran on this thread: let the I/O queue take what arrived
-                    // meanwhile before forming the next batch.
-                    futures_lite::future::yield_now().await;
-                    continue;
-                }
-            }
-            self.wait(step.wake_at).await;
         }
     }
 
-    fn dispatch(&mut self, batch: &mut Vec<Submission>, dispatched: Instant) {
+    fn dispatch<G: Fn(usize) -> bool>(
+        &mut self,
+        batch: &mut Vec<Submission>,
+        dispatched: Instant,
+        ctx: &mut PollCtx<'_, G>,
+    ) {
         let mut tickets = SmallVec::new();
         let mut sizes: SmallVec<[usize; 32]> = SmallVec::new();
         let mut parts = Vec::with_capacity(batch.len());
@@ -416,7 +368,7 @@ impl BatcherTask {
             sizes.push(s.items);
             parts.push(s.inputs);
         }
-        let pool = self.batcher.pool.clone();
+        let pool = ctx.pool;
         let inputs = assemble::concat(
             parts,
             |n| {
@@ -438,16 +390,19 @@ impl BatcherTask {
                 let infer_start = Instant::now();
                 let result = assemble::run(self.model.as_ref(), inputs, &sizes, self.batched);
                 let infer_end = Instant::now();
-                self.finish(JobDone {
-                    result,
-                    infer_start,
-                    infer_end,
-                });
+                self.finish(
+                    JobDone {
+                        result,
+                        infer_start,
+                        infer_end,
+                    },
+                    ctx,
+                );
             }
         }
     }
 
-    fn finish(&mut self, done: JobDone) {
+    fn finish<G: Fn(usize) -> bool>(&mut self, done: JobDone, ctx: &mut PollCtx<'_, G>) {
         let InFlight {
             tickets,
             items,
@@ -456,91 +411,62 @@ impl BatcherTask {
             .in_flight
             .take()
             .expect("a finished batch was in flight");
-        let b = &self.batcher;
         let infer = done.infer_end - done.infer_start;
-        b.service
+        ctx.service
             .metrics()
-            .model(b.index)
+            .model(self.index)
             .batch(infer.as_nanos() as u64, items);
-        b.service.stats().record_execution(
-            b.index,
+        ctx.service.stats().record_execution(
+            self.index,
             items,
             done.infer_start.saturating_duration_since(dispatched),
             infer,
         );
+        // The slot is free: the next poll may dispatch what waits.
+        self.dirty = true;
         match done.result {
             Ok(result) => {
                 let result = Rc::new(result);
                 for (index, &t) in tickets.iter().enumerate() {
-                    b.complete(
-                        t,
-                        Outcome::Ran {
-                            result: result.clone(),
-                            index,
-                            dispatched,
-                            infer_start: done.infer_start,
-                            infer_end: done.infer_end,
-                        },
-                    );
+                    let outcome = Outcome::Ran {
+                        result: result.clone(),
+                        index,
+                        dispatched,
+                        infer_start: done.infer_start,
+                        infer_end: done.infer_end,
+                    };
+                    self.complete(t, outcome, ctx.ready);
                 }
-                b.recycle(result);
+                Self::recycle(result, ctx.pool);
             }
             Err(e) => {
-                tracing::warn!(model = %b.name, error = %e, "a batch failed");
+                tracing::warn!(model = %self.name, error = %e, "a batch failed");
                 for &t in &tickets {
-                    b.complete(
-                        t,
-                        Outcome::Failed(ApiError::internal(format!(
-                            "model '{}' failed: {e}",
-                            b.name
-                        ))),
-                    );
+                    let e = ApiError::internal(format!("model '{}' failed: {e}", self.name));
+                    self.complete(t, Outcome::Failed(e), ctx.ready);
                 }
             }
         }
     }
 
-    /// Sleeps until a request arrives, the policy's wake-up time comes, or the worker finishes.
-    async fn wait(&mut self, wake_at: Option<Instant>) {
-        let timer = async {
-            match wake_at {
-                Some(t) => glommio::timer::sleep(t.saturating_duration_since(Instant::now())).await,
-                None => futures_lite::future::pending::<()>().await,
-            }
-        };
-        let doorbell = &self.doorbell;
-        let arrival = async {
-            let _ = doorbell.recv().await;
-        };
-        let worker_alive = match (&mut self.worker, &self.in_flight) {
-            (Some(worker), Some(_)) => {
-                let other = async {
-                    futures_lite::future::or(arrival, timer).await;
-                    true
-                };
-                futures_lite::future::or(other, worker.doorbell()).await
-            }
-            _ => {
-                futures_lite::future::or(arrival, timer).await;
-                true
-            }
-        };
-        if !worker_alive {
-            // The worker's end of the doorbell closed: its thread is gone. Keep what it finished,
-            // fail the batch it still held, and run this model's batches inline from now on.
-            if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
-                self.finish(done);
-            }
-            tracing::error!(model = %self.batcher.name, "the model's worker stopped; running its batches inline");
-            self.worker = None;
-            if self.in_flight.is_some() {
-                let now = Instant::now();
-                self.finish(JobDone {
+    /// The worker thread is gone: keep what it finished, fail the batch it still held, and run
+    /// this model's batches inline from now on.
+    fn worker_died<G: Fn(usize) -> bool>(&mut self, ctx: &mut PollCtx<'_, G>) {
+        if let Some(done) = self.worker.as_mut().and_then(Worker::try_done) {
+            self.finish(done, ctx);
+        }
+        tracing::error!(model = %self.name, "the model's worker stopped; running its batches inline");
+        self.worker = None;
+        if self.in_flight.is_some() {
+            let now = Instant::now();
+            self.finish(
+                JobDone {
                     result: Err("its worker thread stopped".into()),
                     infer_start: now,
                     infer_end: now,
-                });
-            }
+                },
+                ctx,
+            );
         }
     }
 }

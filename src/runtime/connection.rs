@@ -1,42 +1,52 @@
-//! One connection: read bytes, answer every complete request in order, write, repeat.
+//! One connection as a state machine: bytes in, every complete request answered in order, bytes
+//! out, driven by the shard loop's events.
 //!
-//! Pipelined requests are answered in order because they are answered one after another into one
-//! output buffer, which is flushed once when no complete request is left (or when it grows past
-//! [`FLUSH_THRESHOLD_BYTES`]). Buffers come from the shard's pools, grow with what actually
-//! arrives (never with what a header merely claims), shrink back after a run of small requests,
-//! and go back to the pools on close. A framing error answers 400/413/431/501 and closes the
-//! connection, since the byte stream can no longer be trusted; a bad request body only fails that
-//! request. A panic while decoding or handling a request answers 500 and closes the connection;
-//! it never unwinds into the shard.
+//! A connection has at most one receive and one send in flight on the shard's engine. Responses
+//! are encoded into `write`; a send takes the whole of it (the buffers swap, so encoding goes on
+//! while the send is on the wire) and partial sends continue from where they stopped. Pipelined
+//! requests are answered one after another into `write`, so they leave in order; decoding pauses
+//! once [`FLUSH_THRESHOLD_BYTES`] wait to be sent, which bounds what a client that pipelines and
+//! never reads can pin.
 //!
-//! This task must never block the reactor and never hold a request hostage: the only await points
-//! are the socket read, the socket write, the bounded statistics gather, and an infer request's
-//! ticket (bounded by its deadline, its batch, or its client leaving). Before awaiting a ticket it
-//! sends the responses of earlier pipelined requests, so they never wait on a later batch.
+//! A request that needs more than this thread can answer now parks the connection: an infer
+//! request waiting for its batch (unless the model is inline and idle, when it runs at once on
+//! the bytes it arrived in), or a statistics gather waiting for the other shards. Responses to
+//! earlier pipelined requests are sent before it parks, so they never wait on a later batch. The
+//! shard resumes the connection when the outcome is ready.
+//!
+//! Buffers come from the shard's pools, grow with what actually arrives (never with what a
+//! header merely claims), shrink back after a run of small requests, and go back to the pools on
+//! close. A framing error answers 400/413/431/501 and closes the connection, since the byte
+//! stream can no longer be trusted; a bad request body only fails that request. A panic while
+//! decoding or handling a request answers 500 and closes the connection; it never unwinds into
+//! the shard. A server-side close lingers: the write side is shut and what the client still
+//! sends is read and discarded for a bounded time, so a reset cannot destroy the last response.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use smallvec::SmallVec;
 
-use super::batcher::Outcome;
+use super::batcher::{Batcher, Outcome};
 use super::buffers::RETAIN_MAX_BYTES;
-use super::conn_table::{ConnHandle, Phase};
-use super::mesh::{Snapshot, SnapshotSource};
-use super::shard::Shard;
+use super::engine::{Engine, Event};
+use super::mesh::{GatherStart, Snapshot};
+use super::shard::Core;
+use crate::batch::assemble;
 use crate::error::ApiError;
-use crate::http::{Body, Decoded, Method, RequestDecoder, Responder, ResponseMode, CONTINUE_100};
+use crate::http::{
+    Body, Decoded, Message, Method, RequestDecoder, Responder, ResponseMode, CONTINUE_100,
+};
 use crate::service::{Action, Gather, InferJob, Ran, Request};
 use crate::stats::StatsSnapshot;
 
-/// Flush the output buffer mid-pipeline once it holds this much.
+/// Stop decoding pipelined requests while this much output waits to be sent.
 const FLUSH_THRESHOLD_BYTES: usize = 64 << 10;
 /// Before closing a connection the client may still be writing to, how long to keep reading
 /// (and discarding).
-const LINGER_TIME: Duration = Duration::from_millis(500);
+pub(crate) const LINGER_TIME: Duration = Duration::from_millis(500);
 /// ... and how many bytes at most.
 const LINGER_MAX_BYTES: usize = 1 << 20;
 /// Buffers that grew past `RETAIN_MAX_BYTES` shrink back after this many small requests in a
@@ -45,8 +55,8 @@ const LINGER_MAX_BYTES: usize = 1 << 20;
 const SHRINK_AFTER_SMALL_REQUESTS: u32 = 8;
 
 /// A connection's read buffer: `buf[start..end]` is received and not yet consumed. `buf` is fully
-/// initialized (its length is its capacity) so reads can go straight into `buf[end..]`.
-struct ReadBuf {
+/// initialized (its length is its capacity) so receives can go straight into `buf[end..]`.
+pub(crate) struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -103,6 +113,23 @@ impl ReadBuf {
     }
 }
 
+/// What a connection is doing, for the shard's timeout sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Between requests, nothing buffered.
+    Idle,
+    /// Part of a request head has arrived.
+    Head,
+    /// The head is in; the body is arriving.
+    Body,
+    /// Answering; never timed out (the model may take a while).
+    Busy,
+    /// Waiting for the client to take a response; timed out like `Idle`, restarted by progress.
+    Write,
+    /// Closing by the server: reading and discarding for at most [`LINGER_TIME`].
+    Linger,
+}
+
 /// Why the connection is closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
@@ -112,34 +139,565 @@ enum Close {
     Server,
 }
 
-/// A connection's buffers, taken from the shard's pools.
-struct Buffers {
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Serving requests.
+    Open,
+    /// Write side shut; discarding what the client still sends.
+    Linger,
+    /// Socket shut down; waiting for its operations to end.
+    Closing,
+}
+
+/// What a parked connection waits for, and what it needs to answer then.
+// Kept in the connection, not boxed: boxing would allocate for every parked request.
+#[allow(clippy::large_enum_variant)]
+enum Parked {
+    /// An infer request in its model's batcher.
+    Infer {
+        job: InferJob<'static>,
+        ticket: usize,
+        head: HeadInfo,
+    },
+    /// A statistics or metrics gather across shards.
+    Gather {
+        what: Gather,
+        ticket: u64,
+        head: HeadInfo,
+    },
+}
+
+/// What answering a request needs to know of its head once its bytes are gone.
+#[derive(Debug, Clone, Copy)]
+struct HeadInfo {
+    keep_alive: bool,
+    head_only: bool,
+    http_1_0: bool,
+}
+
+impl HeadInfo {
+    /// The response mode, decided when the response is written: a response written while the
+    /// shard drains closes its connection.
+    fn mode(&self, draining: bool) -> ResponseMode {
+        ResponseMode {
+            keep_alive: self.keep_alive && !draining,
+            head_only: self.head_only,
+            http_1_0: self.http_1_0,
+        }
+    }
+}
+
+/// How answering one request went, for the connection.
+struct Answered {
+    /// The response keeps the connection open.
+    keep_open: bool,
+    /// The client left before its request was batched.
+    client_gone: bool,
+}
+
+/// One accepted connection.
+pub(crate) struct Connection {
+    fd: OwnedFd,
     read: ReadBuf,
+    /// Responses being encoded.
     write: Vec<u8>,
+    /// Responses on the wire; `sent` bytes of it have left.
+    sending: Vec<u8>,
+    sent: usize,
     scratch: Vec<u8>,
     dechunked: Vec<u8>,
     small_streak: u32,
+    decoder: RequestDecoder,
+    /// When the last bytes arrived.
+    received: Instant,
+    /// How many bytes the request being read needs from `read.start`.
+    need: usize,
+    recv_in_flight: bool,
+    send_in_flight: bool,
+    parked: Option<Parked>,
+    /// Close once the responses written so far are sent.
+    close_after: Option<Close>,
+    life: Life,
+    /// The client closed its side while a request was parked.
+    eof: bool,
+    lingered: usize,
+    phase: Phase,
+    since: Instant,
+    /// The sweep shut the socket down (timeout or drain); it is not the client leaving.
+    shut: bool,
+    /// The client hung up while a request was parked.
+    gone: bool,
 }
 
-impl Buffers {
-    fn take(shard: &Shard) -> Self {
-        Buffers {
-            read: ReadBuf::new(shard.read_pool.take()),
-            write: shard.write_pool.take(),
-            scratch: shard.write_pool.take(),
+impl Connection {
+    /// A connection on `fd`, with buffers from the shard's pools.
+    pub(crate) fn new(fd: OwnedFd, core: &Core, now: Instant) -> Self {
+        Connection {
+            fd,
+            read: ReadBuf::new(core.pools.read.take()),
+            write: core.pools.write.take(),
+            sending: core.pools.write.take(),
+            sent: 0,
+            scratch: core.pools.write.take(),
             dechunked: Vec::new(),
             small_streak: 0,
+            decoder: RequestDecoder::new(core.limits),
+            received: now,
+            need: 0,
+            recv_in_flight: false,
+            send_in_flight: false,
+            parked: None,
+            close_after: None,
+            life: Life::Open,
+            eof: false,
+            lingered: 0,
+            phase: Phase::Idle,
+            since: now,
+            shut: false,
+            gone: false,
         }
     }
 
-    fn give_back(self, shard: &Shard) {
-        shard.read_pool.give(self.read.buf);
-        shard.write_pool.give(self.write);
-        shard.write_pool.give(self.scratch);
+    /// The socket.
+    pub(crate) fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// What it is doing, and since when.
+    pub(crate) fn phase(&self) -> (Phase, Instant) {
+        (self.phase, self.since)
+    }
+
+    /// Whether the sweep already shut it down.
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut
+    }
+
+    /// Whether its client hung up while a request was parked.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Marks its client as gone (the sweep saw a hang-up while a request was parked).
+    pub(crate) fn set_gone(&mut self) {
+        self.gone = true;
+    }
+
+    /// Shuts the socket down (`how` as for `shutdown(2)`): its pending receive ends.
+    pub(crate) fn shut_down(&mut self, how: i32) {
+        // SAFETY: shutdown on a socket this connection owns; no memory is involved.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), how) };
+        self.shut = true;
+    }
+
+    /// Whether it has ended: closing, with no operation in flight. The shard then frees it.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.life == Life::Closing && !self.recv_in_flight && !self.send_in_flight
+    }
+
+    /// Whether an operation is still on the engine (its buffers must stay put).
+    pub(crate) fn has_io_in_flight(&self) -> bool {
+        self.recv_in_flight || self.send_in_flight
+    }
+
+    /// Forgets an operation whose event came after the shard gave up on the connection (drain
+    /// deadline): nothing more is done with it.
+    pub(crate) fn forget_io(&mut self, event: &Event) {
+        match event {
+            Event::Received { .. } => self.recv_in_flight = false,
+            Event::Sent { .. } => self.send_in_flight = false,
+            Event::Accepted(_) | Event::Doorbell => {}
+        }
+    }
+
+    /// Gives its buffers back to the pools (the shard calls this once it is finished).
+    pub(crate) fn release(self, core: &Core) -> OwnedFd {
+        core.pools.read.give(self.read.buf);
+        core.pools.write.give(self.write);
+        core.pools.write.give(self.sending);
+        core.pools.write.give(self.scratch);
+        self.fd
+    }
+
+    /// Starts serving: the first receive.
+    pub(crate) fn start(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        self.advance(key, core, engine);
+    }
+
+    /// A receive ended.
+    pub(crate) fn on_received(
+        &mut self,
+        key: usize,
+        result: io::Result<usize>,
+        core: &mut Core,
+        engine: &mut Engine,
+    ) {
+        self.recv_in_flight = false;
+        match (self.life, result) {
+            (Life::Open, Ok(n)) if n > 0 => {
+                self.read.end += n;
+                self.received = Instant::now();
+            }
+            (Life::Open, _) if self.parked.is_some() => {
+                // The client closed its side while its request waits: the batcher drops the
+                // request if it has not run yet; otherwise the answer still goes out.
+                self.eof = true;
+                self.gone = true;
+                core.client_gone();
+            }
+            (Life::Open, _) => self.close_after = Some(Close::Client),
+            (Life::Linger, Ok(n)) if n > 0 && self.lingered + n <= LINGER_MAX_BYTES => {
+                self.lingered += n;
+                self.read.start = 0;
+                self.read.end = 0;
+            }
+            (Life::Linger, _) => self.life = Life::Closing,
+            (Life::Closing, _) => {}
+        }
+        self.advance(key, core, engine);
+    }
+
+    /// A send ended.
+    pub(crate) fn on_sent(
+        &mut self,
+        key: usize,
+        result: io::Result<usize>,
+        core: &mut Core,
+        engine: &mut Engine,
+    ) {
+        self.send_in_flight = false;
+        match result {
+            Ok(n) if n > 0 => {
+                self.sent += n;
+                if self.sent < self.sending.len() {
+                    // Progress: the client is reading. Send the rest (which restarts the clock).
+                    self.send_from_sending(key, engine);
+                    return;
+                }
+                self.sending.clear();
+                self.sent = 0;
+                self.since = Instant::now();
+            }
+            _ => {
+                // The client is gone (reset, or a socket the sweep shut down): nothing more can
+                // reach it.
+                self.sending.clear();
+                self.write.clear();
+                self.sent = 0;
+                if self.parked.is_some() {
+                    self.eof = true;
+                    self.gone = true;
+                    core.client_gone();
+                } else {
+                    self.life = Life::Closing;
+                }
+            }
+        }
+        self.advance(key, core, engine);
+    }
+
+    /// The outcome a parked request waited for is ready.
+    pub(crate) fn resume(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        let draining = core.service.is_draining();
+        let date = core.service.date();
+        let mark = self.write.len();
+        let (answered, keep_alive) = match parked {
+            Parked::Infer { job, ticket, head } => {
+                let outcome = core.batchers[job.model].take(ticket);
+                let mut resp = Responder::new(
+                    &mut self.write,
+                    &mut self.scratch,
+                    &date,
+                    head.mode(draining),
+                );
+                let answered = catch_unwind(AssertUnwindSafe(|| {
+                    answer_infer(core, &job, outcome, &mut resp)
+                }));
+                (answered.ok(), head.keep_alive)
+            }
+            Parked::Gather { what, ticket, head } => {
+                let gathered = core.mesh.take(ticket);
+                let mut resp = Responder::new(
+                    &mut self.write,
+                    &mut self.scratch,
+                    &date,
+                    head.mode(draining),
+                );
+                let answered = catch_unwind(AssertUnwindSafe(|| {
+                    answer_gather(core, what, gathered, &mut resp);
+                    Answered {
+                        keep_open: resp.keep_alive(),
+                        client_gone: false,
+                    }
+                }));
+                (answered.ok(), head.keep_alive)
+            }
+        };
+        let answered = answered.unwrap_or_else(|| {
+            self.write.truncate(mark);
+            internal_error(core, &mut self.write, &mut self.scratch);
+            Answered {
+                keep_open: false,
+                client_gone: false,
+            }
+        });
+        self.after_answer(&answered, keep_alive);
+        if self.eof && self.close_after.is_none() {
+            self.close_after = Some(Close::Client);
+        }
+        self.advance(key, core, engine);
+    }
+
+    /// Answers what it can, sends what it wrote, and asks for more bytes, or closes.
+    fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        if self.life == Life::Open && self.parked.is_none() && self.close_after.is_none() {
+            self.process(key, core);
+        }
+        if !self.send_in_flight && !self.write.is_empty() && self.life != Life::Closing {
+            std::mem::swap(&mut self.write, &mut self.sending);
+            self.sent = 0;
+            self.send_from_sending(key, engine);
+        }
+        if self.life == Life::Open && !self.send_in_flight && self.parked.is_none() {
+            match self.close_after {
+                Some(Close::Client) => self.life = Life::Closing,
+                Some(Close::Server) => {
+                    // SAFETY: shutdown on a socket this connection owns. Not `shut_down`: the
+                    // sweep must still be able to end the linger.
+                    unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+                    self.life = Life::Linger;
+                    self.phase = Phase::Linger;
+                    self.since = Instant::now();
+                }
+                None => {}
+            }
+        }
+        match self.life {
+            Life::Closing => {
+                if self.has_io_in_flight() && !self.shut {
+                    self.shut_down(libc::SHUT_RDWR);
+                }
+                return;
+            }
+            Life::Linger => {
+                if !self.recv_in_flight {
+                    self.read.start = 0;
+                    self.read.end = 0;
+                    self.receive(key, engine);
+                }
+                return;
+            }
+            Life::Open => {}
+        }
+        let wants_bytes = self.parked.is_none()
+            && self.close_after.is_none()
+            && !self.eof
+            && self.write.len() < FLUSH_THRESHOLD_BYTES;
+        if wants_bytes && !self.recv_in_flight {
+            self.read.make_room(self.need);
+            self.receive(key, engine);
+        }
+        self.update_phase();
+    }
+
+    fn update_phase(&mut self) {
+        let phase = if self.parked.is_some() {
+            Phase::Busy
+        } else if self.send_in_flight {
+            Phase::Write
+        } else if self.read.start == self.read.end && self.decoder.is_idle() {
+            Phase::Idle
+        } else if self.decoder.is_idle() {
+            Phase::Head
+        } else {
+            Phase::Body
+        };
+        // A head keeps its first timestamp, so trickling bytes cannot extend the header timeout;
+        // a body restarts the clock with every read (a stalled body is timed out like an idle
+        // connection); the idle clock starts when the last response left (`on_sent` set `since`)
+        // or the last bytes arrived; a send sets its own clock, restarted by progress.
+        let changed = self.phase != phase;
+        match phase {
+            Phase::Idle if changed => self.since = self.since.max(self.received),
+            Phase::Head | Phase::Busy if changed => self.since = self.received,
+            Phase::Body => self.since = self.received,
+            _ => {}
+        }
+        self.phase = phase;
+    }
+
+    fn receive(&mut self, key: usize, engine: &mut Engine) {
+        let spare = &mut self.read.buf[self.read.end..];
+        // SAFETY: `read.buf` is not moved, resized or written by anything else until this
+        // receive's event: `make_room`, `shrink` and the linger reset run only when no receive is
+        // in flight, and the buffer is freed only once the connection has finished.
+        unsafe { engine.recv(key, self.fd.as_raw_fd(), spare.as_mut_ptr(), spare.len()) };
+        self.recv_in_flight = true;
+    }
+
+    fn send_from_sending(&mut self, key: usize, engine: &mut Engine) {
+        let rest = &self.sending[self.sent..];
+        // SAFETY: `sending` is neither changed nor freed until this send's event: responses are
+        // encoded into `write`, and the buffers swap only when no send is in flight.
+        unsafe { engine.send(key, self.fd.as_raw_fd(), rest.as_ptr(), rest.len()) };
+        self.send_in_flight = true;
+        self.phase = Phase::Write;
+        self.since = Instant::now();
+    }
+
+    /// Answers every complete request already buffered, until one parks, one closes the
+    /// connection, or enough output waits.
+    fn process(&mut self, key: usize, core: &mut Core) {
+        while self.parked.is_none()
+            && self.close_after.is_none()
+            && self.write.len() < FLUSH_THRESHOLD_BYTES
+        {
+            let (read, dechunked) = (&self.read, &mut self.dechunked);
+            let decoder = &mut self.decoder;
+            let decoded = catch_unwind(AssertUnwindSafe(|| {
+                decoder.decode(read.pending(), dechunked)
+            }));
+            match decoded {
+                Ok(Ok(Decoded::Complete(msg))) => self.answer(key, core, msg),
+                Ok(Ok(Decoded::Incomplete {
+                    send_continue,
+                    need,
+                })) => {
+                    if send_continue {
+                        self.write.extend_from_slice(CONTINUE_100);
+                    }
+                    self.need = need;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let date = core.service.date();
+                    Responder::new(
+                        &mut self.write,
+                        &mut self.scratch,
+                        &date,
+                        ResponseMode::CLOSE,
+                    )
+                    .error(&ApiError::from(e));
+                    self.close_after = Some(Close::Server);
+                }
+                Err(_) => {
+                    internal_error(core, &mut self.write, &mut self.scratch);
+                    self.close_after = Some(Close::Server);
+                }
+            }
+        }
+    }
+
+    /// Answers one complete request, or parks it.
+    fn answer(&mut self, key: usize, core: &mut Core, msg: Message) {
+        let received = self.received;
+        let bytes = &self.read.buf[self.read.start..self.read.start + msg.consumed];
+        let head = &msg.head;
+        let body: &[u8] = match &msg.body {
+            Body::Empty => &[],
+            Body::InBuffer(range) => &bytes[range.clone()],
+            Body::Dechunked => &self.dechunked,
+        };
+        let request = Request {
+            method: head.method,
+            // httparse admits only visible ASCII and UTF-8 in a request target; anything else
+            // was rejected as malformed.
+            path: std::str::from_utf8(&bytes[head.path.clone()]).unwrap_or(""),
+            body,
+            inference_header: head.inference_header,
+            received,
+        };
+        let info = HeadInfo {
+            keep_alive: head.keep_alive,
+            head_only: head.method == Method::Head,
+            http_1_0: head.minor_version == 0,
+        };
+        let mark = self.write.len();
+        let date = core.service.date();
+        let mode = info.mode(core.service.is_draining());
+        let mut resp = Responder::new(&mut self.write, &mut self.scratch, &date, mode);
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            let action = core.service.handle(&request, &mut resp);
+            match action {
+                Action::Done => Step::Answered(Answered {
+                    keep_open: resp.keep_alive(),
+                    client_gone: false,
+                }),
+                Action::Gather(what) => {
+                    let local = core.snapshot(what);
+                    match core.mesh.start_gather(key, what, local, Instant::now()) {
+                        Ok(GatherStart::Done(all)) => {
+                            answer_gather(core, what, Ok(all), &mut resp);
+                            Step::Answered(Answered {
+                                keep_open: resp.keep_alive(),
+                                client_gone: false,
+                            })
+                        }
+                        Ok(GatherStart::Pending(ticket)) => Step::Gather { what, ticket },
+                        Err(e) => {
+                            resp.error(&e);
+                            Step::Answered(Answered {
+                                keep_open: resp.keep_alive(),
+                                client_gone: false,
+                            })
+                        }
+                    }
+                }
+                Action::Infer(job) => infer(core, key, job, &mut resp),
+            }
+        }));
+        let step = handled.unwrap_or_else(|_| {
+            // `resp` is not used past here, so `write` is ours again: drop whatever the panicked
+            // handler had half-written.
+            self.write.truncate(mark);
+            internal_error(core, &mut self.write, &mut self.scratch);
+            Step::Answered(Answered {
+                keep_open: false,
+                client_gone: false,
+            })
+        });
+        let response_bytes = self.write.len() - mark;
+        self.read.start += msg.consumed;
+        match step {
+            Step::Answered(answered) => {
+                self.after_answer(&answered, info.keep_alive);
+                self.observe(msg.consumed, response_bytes, core);
+            }
+            Step::Infer { job, ticket } => {
+                self.parked = Some(Parked::Infer {
+                    job,
+                    ticket,
+                    head: info,
+                });
+                self.phase = Phase::Busy;
+            }
+            Step::Gather { what, ticket } => {
+                self.parked = Some(Parked::Gather {
+                    what,
+                    ticket,
+                    head: info,
+                });
+                self.phase = Phase::Busy;
+            }
+        }
+    }
+
+    fn after_answer(&mut self, answered: &Answered, keep_alive_asked: bool) {
+        if !answered.keep_open {
+            self.close_after = Some(if keep_alive_asked && !answered.client_gone {
+                Close::Server
+            } else {
+                Close::Client
+            });
+        }
     }
 
     /// Records one request's size; after a run of small ones, shrinks what grew.
-    fn observe(&mut self, request_bytes: usize, response_bytes: usize, shard: &Shard) {
+    fn observe(&mut self, request_bytes: usize, response_bytes: usize, core: &Core) {
         if request_bytes > RETAIN_MAX_BYTES || response_bytes > RETAIN_MAX_BYTES {
             self.small_streak = 0;
             return;
@@ -149,7 +707,9 @@ impl Buffers {
             return;
         }
         self.small_streak = 0;
-        self.read.shrink(shard.read_pool_initial);
+        if !self.recv_in_flight {
+            self.read.shrink(core.pools.read_initial);
+        }
         for buf in [&mut self.scratch, &mut self.dechunked] {
             if buf.capacity() > RETAIN_MAX_BYTES {
                 *buf = Vec::new();
@@ -161,226 +721,90 @@ impl Buffers {
     }
 }
 
-/// Serves one accepted connection until the peer closes, an error closes it, or the shard drains.
-pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream, conn: ConnHandle) {
-    let mut bufs = Buffers::take(&shard);
-    match run(&shard, &mut stream, &conn, &mut bufs).await {
-        Ok(Close::Server) => linger(&mut stream, &mut bufs.read.buf).await,
-        Ok(Close::Client) => {}
-        Err(e) => tracing::debug!(shard = shard.id, error = %e, "connection ended with an error"),
-    }
-    bufs.give_back(&shard);
-    // The entry leaves the table before the socket closes (the stream drops after `conn`), so the
-    // sweeper never shuts down a file descriptor that was reused.
-    drop(conn);
-    drop(stream);
+/// Where handling a request left it.
+// Returned by value and consumed at once: boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Its response is written.
+    Answered(Answered),
+    /// It waits in its model's batcher.
+    Infer {
+        job: InferJob<'static>,
+        ticket: usize,
+    },
+    /// It waits for the other shards' numbers.
+    Gather { what: Gather, ticket: u64 },
 }
 
-async fn run(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    conn: &ConnHandle,
-    bufs: &mut Buffers,
-) -> io::Result<Close> {
-    let mut decoder = RequestDecoder::new(shard.limits);
-    let mut received = Instant::now();
-    loop {
-        let mut close = None;
-        let mut need = 0;
-        // Answer every complete request already buffered.
-        loop {
-            let Buffers {
-                read,
-                write,
-                scratch,
-                dechunked,
-                ..
-            } = &mut *bufs;
-            let decoded = catch_unwind(AssertUnwindSafe(|| {
-                decoder.decode(read.pending(), dechunked)
-            }));
-            let msg = match decoded {
-                Ok(Ok(Decoded::Complete(msg))) => msg,
-                Ok(Ok(Decoded::Incomplete {
-                    send_continue,
-                    need: n,
-                })) => {
-                    if send_continue {
-                        write.extend_from_slice(CONTINUE_100);
-                    }
-                    need = n;
-                    break;
+/// Runs an infer request at once if its model is inline and idle; otherwise submits it.
+fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responder<'_>) -> Step {
+    let batcher: &mut Batcher = &mut core.batchers[job.model];
+    if batcher.idle_inline() {
+        let inputs = std::mem::take(&mut job.request.inputs);
+        let sizes: SmallVec<[usize; 1]> = SmallVec::from_buf([job.request.batch_size]);
+        let dispatched = Instant::now();
+        let result = assemble::run(batcher.model(), inputs, &sizes, batcher.batched());
+        let infer_end = Instant::now();
+        let infer = infer_end - dispatched;
+        let metrics = core.service.metrics().model(job.model);
+        metrics.batch(infer.as_nanos() as u64, job.request.batch_size);
+        core.service.stats().record_execution(
+            job.model,
+            job.request.batch_size,
+            Duration::ZERO,
+            infer,
+        );
+        match result {
+            Ok(result) => {
+                let outputs = result.view(0);
+                let ran = Ran {
+                    outputs: &outputs,
+                    dispatched,
+                    infer_start: dispatched,
+                    infer_end,
+                };
+                core.service.finish_infer(&job, Ok(ran), resp);
+                drop(outputs);
+                for buf in result.into_buffers() {
+                    core.pools.tensor.give(buf);
                 }
-                Ok(Err(e)) => {
-                    let date = shard.service.date();
-                    Responder::new(write, scratch, &date, ResponseMode::CLOSE)
-                        .error(&ApiError::from(e));
-                    close = Some(Close::Server);
-                    break;
-                }
-                Err(_) => {
-                    internal_error(shard, write, scratch);
-                    close = Some(Close::Server);
-                    break;
-                }
-            };
-            conn.state.enter(Phase::Busy, received);
-            let bytes = &read.buf[read.start..read.start + msg.consumed];
-            let head = &msg.head;
-            let body: &[u8] = match &msg.body {
-                Body::Empty => &[],
-                Body::InBuffer(range) => &bytes[range.clone()],
-                Body::Dechunked => dechunked,
-            };
-            let request = Request {
-                method: head.method,
-                // httparse admits only visible ASCII and UTF-8 in a request target; anything else
-                // was rejected as malformed.
-                path: std::str::from_utf8(&bytes[head.path.clone()]).unwrap_or(""),
-                body,
-                inference_header: head.inference_header,
-                received,
-            };
-            let mode = ResponseMode {
-                keep_alive: head.keep_alive && !shard.service.is_draining(),
-                head_only: head.method == Method::Head,
-                http_1_0: head.minor_version == 0,
-            };
-            let mut mark = write.len();
-            let date = shard.service.date();
-            // Scoped so that everything borrowing the request's bytes ends here.
-            let (keep_open, client_gone) = {
-                let mut resp = Responder::new(write, scratch, &date, mode);
-                let handled = catch_unwind(AssertUnwindSafe(|| {
-                    shard.service.handle(&request, &mut resp)
-                }));
-                match handled {
-                    Ok(Action::Done) => (resp.keep_alive(), false),
-                    Ok(Action::Gather(what)) => {
-                        gather(shard, what, &mut resp).await;
-                        (resp.keep_alive(), false)
-                    }
-                    Ok(Action::Infer(mut job)) => {
-                        let batcher = &shard.batchers[job.model];
-                        match batcher.submit(&mut job, &conn.state) {
-                            Err(e) => {
-                                shard.service.finish_infer(&job, Err(e), &mut resp);
-                                (resp.keep_alive(), false)
-                            }
-                            Ok(ticket) => {
-                                // `resp` has written nothing: send what earlier pipelined
-                                // requests got, so they do not wait on this one's batch.
-                                if !write.is_empty() {
-                                    flush(stream, write, conn).await?;
-                                    conn.state.enter(Phase::Busy, Instant::now());
-                                    mark = 0;
-                                }
-                                let outcome = ticket.await;
-                                let mut resp = Responder::new(write, scratch, &date, mode);
-                                let answered = catch_unwind(AssertUnwindSafe(|| {
-                                    answer_infer(shard, &job, outcome, &mut resp)
-                                }));
-                                match answered {
-                                    Ok(true) => (resp.keep_alive(), false),
-                                    Ok(false) => (false, true),
-                                    Err(_) => {
-                                        write.truncate(mark);
-                                        internal_error(shard, write, scratch);
-                                        (false, false)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        // `resp` is not used past here, so `write` is ours again: drop whatever
-                        // the panicked handler had half-written.
-                        write.truncate(mark);
-                        internal_error(shard, write, scratch);
-                        (false, false)
-                    }
-                }
-            };
-            let response_bytes = write.len() - mark;
-            read.start += msg.consumed;
-            if !keep_open {
-                close = Some(if head.keep_alive && !client_gone {
-                    Close::Server
-                } else {
-                    Close::Client
-                });
-                break;
             }
-            bufs.observe(msg.consumed, response_bytes, shard);
-            if bufs.write.len() >= FLUSH_THRESHOLD_BYTES {
-                flush(stream, &mut bufs.write, conn).await?;
+            Err(e) => {
+                tracing::warn!(model = job.model, error = %e, "a batch failed");
+                let e = ApiError::internal(format!(
+                    "model '{}' failed: {e}",
+                    batcher.model().metadata().name
+                ));
+                core.service.finish_infer(&job, Err(e), resp);
             }
-            // A client pipelining thousands of requests must not starve the shard's other tasks.
-            glommio::yield_if_needed().await;
         }
-        let flushed_at = flush(stream, &mut bufs.write, conn).await?;
-        if let Some(close) = close {
-            return Ok(close);
-        }
-        let read = &mut bufs.read;
-        read.make_room(need);
-        match (read.start == read.end, decoder.is_idle()) {
-            // The idle clock starts when the last response left, not when its request arrived.
-            (true, true) => conn
-                .state
-                .enter(Phase::Idle, flushed_at.unwrap_or(received)),
-            (false, true) => conn.state.enter(Phase::Head, received),
-            (_, false) => conn.state.enter(Phase::Body, received),
-        }
-        // While draining, an idle connection still reads: the sweeper shuts its read side, so
-        // this returns end-of-file at once, or first a request the client already sent, which is
-        // then answered (with `Connection: close`).
-        let n = stream.read(&mut read.buf[read.end..]).await?;
-        if n == 0 {
-            return Ok(Close::Client);
-        }
-        read.end += n;
-        received = Instant::now();
+        return Step::Answered(Answered {
+            keep_open: resp.keep_alive(),
+            client_gone: false,
+        });
     }
-}
-
-/// Answers a request that needs every shard's numbers.
-async fn gather(shard: &Shard, what: Gather, resp: &mut Responder<'_>) {
-    let all = match shard.mesh.gather(what, shard.snapshot(what)).await {
-        Ok(all) => all,
-        Err(e) => return resp.error(&e),
-    };
-    match what {
-        Gather::Stats { only } => {
-            let mut merged = StatsSnapshot::default();
-            for s in &all {
-                if let Snapshot::Stats(s) = s {
-                    merged.merge(s);
-                }
-            }
-            shard.service.answer_stats(only, &merged, resp);
-        }
-        Gather::Metrics => {
-            let shards: Vec<_> = all
-                .into_iter()
-                .filter_map(|s| match s {
-                    Snapshot::Metrics(m) => Some(m),
-                    Snapshot::Stats(_) => None,
-                })
-                .collect();
-            shard.service.answer_metrics(&shards, resp);
+    match batcher.submit(&mut job, key, &core.pools.tensor) {
+        Ok(ticket) => Step::Infer {
+            job: job.detach(),
+            ticket,
+        },
+        Err(e) => {
+            core.service.finish_infer(&job, Err(e), resp);
+            Step::Answered(Answered {
+                keep_open: resp.keep_alive(),
+                client_gone: false,
+            })
         }
     }
 }
 
-/// Answers an infer request once its batcher is done with it. Returns false when the client left
-/// before the request was batched: there is nobody to answer.
+/// Answers an infer request once its batcher is done with it.
 fn answer_infer(
-    shard: &Shard,
+    core: &Core,
     job: &InferJob<'_>,
     outcome: Outcome,
     resp: &mut Responder<'_>,
-) -> bool {
+) -> Answered {
     match outcome {
         Outcome::Ran {
             result,
@@ -396,76 +820,75 @@ fn answer_infer(
                 infer_start,
                 infer_end,
             };
-            shard.service.finish_infer(job, Ok(ran), resp);
+            core.service.finish_infer(job, Ok(ran), resp);
             drop(outputs);
-            shard.batchers[job.model].recycle(result);
-            true
+            Batcher::recycle(result, &core.pools.tensor);
+            Answered {
+                keep_open: resp.keep_alive(),
+                client_gone: false,
+            }
         }
         Outcome::Failed(e) => {
-            shard.service.finish_infer(job, Err(e), resp);
-            true
+            core.service.finish_infer(job, Err(e), resp);
+            Answered {
+                keep_open: resp.keep_alive(),
+                client_gone: false,
+            }
         }
         Outcome::Dropped => {
-            shard.service.record_cancelled(job.model);
-            false
+            core.service.record_cancelled(job.model);
+            Answered {
+                keep_open: false,
+                client_gone: true,
+            }
+        }
+    }
+}
+
+/// Answers a request that needed every shard's numbers.
+fn answer_gather(
+    core: &Core,
+    what: Gather,
+    gathered: Result<Vec<Snapshot>, ApiError>,
+    resp: &mut Responder<'_>,
+) {
+    let all = match gathered {
+        Ok(all) => all,
+        Err(e) => return resp.error(&e),
+    };
+    match what {
+        Gather::Stats { only } => {
+            let mut merged = StatsSnapshot::default();
+            for s in &all {
+                if let Snapshot::Stats(s) = s {
+                    merged.merge(s);
+                }
+            }
+            core.service.answer_stats(only, &merged, resp);
+        }
+        Gather::Metrics => {
+            let shards: Vec<_> = all
+                .into_iter()
+                .filter_map(|s| match s {
+                    Snapshot::Metrics(m) => Some(m),
+                    Snapshot::Stats(_) => None,
+                })
+                .collect();
+            core.service.answer_metrics(&shards, resp);
         }
     }
 }
 
 /// Answers 500 after a panic, closing the connection.
-fn internal_error(shard: &Shard, write: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+fn internal_error(core: &Core, write: &mut Vec<u8>, scratch: &mut Vec<u8>) {
     tracing::error!(
-        shard = shard.id,
+        shard = core.id,
         "a request panicked; answered 500 and closed its connection"
     );
-    let date = shard.service.date();
+    let date = core.service.date();
     Responder::new(write, scratch, &date, ResponseMode::CLOSE).error(&ApiError::internal(
         "internal error; this is a bug in friday",
     ));
-}
-
-/// Writes and clears the output buffer. While it waits on a client that does not read, the
-/// connection is in the `Write` phase, which the sweeper times out like an idle one; each bit of
-/// progress restarts that clock. Returns when the write started, if there was anything to write.
-async fn flush(
-    stream: &mut TcpStream,
-    write: &mut Vec<u8>,
-    conn: &ConnHandle,
-) -> io::Result<Option<Instant>> {
-    if write.is_empty() {
-        return Ok(None);
-    }
-    let started = Instant::now();
-    conn.state.enter(Phase::Write, started);
-    let mut sent = stream.write(write).await?;
-    while sent < write.len() {
-        conn.state.enter(Phase::Write, Instant::now());
-        match stream.write(&write[sent..]).await? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => sent += n,
-        }
-    }
-    write.clear();
-    Ok(Some(started))
-}
-
-/// Closing a socket with unread bytes makes the kernel answer with a reset, which can destroy the
-/// last response before the client reads it. So when the server closes a connection the client
-/// may still be writing to, shut the write side and read and discard for a bounded time first
-/// (what nginx calls a lingering close).
-pub(crate) async fn linger(stream: &mut TcpStream, buf: &mut [u8]) {
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = glommio::timer::timeout(LINGER_TIME, async {
-        let mut total = 0;
-        while let Ok(n) = stream.read(buf).await {
-            total += n;
-            if n == 0 || total > LINGER_MAX_BYTES {
-                break;
-            }
-        }
-        Ok(())
-    })
-    .await;
 }
 
 #[cfg(test)]

@@ -50,8 +50,10 @@ pub(crate) fn bind_listeners(
         s.set_reuse_address(true)
             .and_then(|_| s.set_reuse_port(true))
             .map_err(|e| StartupError::new(format!("cannot set SO_REUSEPORT: {e}")))?;
+        // Non-blocking: the epoll engine accepts until EAGAIN; io_uring does not mind.
         s.bind(&SockAddr::from(addr))
             .and_then(|_| s.listen(http.listen_backlog.min(i32::MAX as u32) as i32))
+            .and_then(|_| s.set_nonblocking(true))
             .map_err(|e| {
                 StartupError::new(format!(
                     "cannot listen on {addr}: {e}: another process took the port; retry or \

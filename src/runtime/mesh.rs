@@ -1,39 +1,38 @@
-//! Everything that crosses cores: one message enum, two bounded transports.
+//! Everything that crosses cores: one message enum, bounded crossbeam channels, one doorbell per
+//! shard.
 //!
-//! - The control thread (signals) reaches each shard through a bounded crossbeam channel that the
-//!   shard's housekeeping task polls ([`ControlPlane`]); only [`ShardMsg::Drain`] travels there.
-//! - Shards reach each other through a glommio full mesh of bounded SPSC channels, created once at
-//!   startup (`Mesh`); only snapshot gathers (statistics, metrics) travel there.
+//! Each shard has two inboxes, both bounded and both ringing the shard's [`Doorbell`] (an
+//! eventfd its engine watches):
+//! - the control inbox ([`CONTROL_CHANNEL_CAPACITY`]), written by the signal thread through the
+//!   [`ControlPlane`]; only [`ShardMsg::Drain`] travels there, so statistics traffic can never
+//!   crowd out a drain;
+//! - the mesh inbox ([`MESH_CHANNEL_CAPACITY`] per peer), written by peer shards; only snapshot
+//!   gathers (statistics, metrics) travel there.
 //!
-//! Nothing here is on the request path, and nothing here ever waits on a full channel: every
-//! mesh send is a `try_send`, so two shards can never deadlock replying to each other, and a
-//! stalled or exited peer costs a gather one [`GATHER_TIMEOUT`] at most. A shard runs at most
-//! [`MAX_CONCURRENT_GATHERS`] gathers at once; the control channel holds
-//! [`CONTROL_CHANNEL_CAPACITY`] messages.
+//! Nothing here is on the request path, and nothing here ever waits: every send is a
+//! `try_send`, so two shards can never deadlock replying to each other, and a stalled or exited
+//! peer costs a gather one [`GATHER_TIMEOUT`] at most. A shard runs at most
+//! [`MAX_CONCURRENT_GATHERS`] gathers at once; beyond that a gather is refused with 503.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
-use glommio::sync::Semaphore;
-use glommio::TaskQueueHandle;
 
+use super::engine::Doorbell;
 use crate::error::ApiError;
 use crate::metrics::ShardMetricsSnapshot;
 use crate::service::Gather;
 use crate::stats::StatsSnapshot;
 
-/// Capacity of each mesh channel.
+/// Capacity of a shard's mesh inbox, per peer.
 pub const MESH_CHANNEL_CAPACITY: usize = 64;
-/// Statistics gathers one shard runs at once; more wait their turn.
-pub const MAX_CONCURRENT_GATHERS: u64 = 8;
+/// Gathers one shard runs at once; more are refused (503) until one ends.
+pub const MAX_CONCURRENT_GATHERS: usize = 8;
 /// How long a gather waits for every peer.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Capacity of each shard's control channel.
+/// Capacity of each shard's control inbox.
 pub const CONTROL_CHANNEL_CAPACITY: usize = 4;
 
 /// Every message that crosses cores.
@@ -47,7 +46,7 @@ pub enum ShardMsg {
     },
     /// Shard → peer: send me your snapshot of `what`.
     SnapshotRequest {
-        /// The asking shard's mesh peer id.
+        /// The asking shard's id.
         from: usize,
         /// Matches the reply to the gather.
         ticket: u64,
@@ -72,186 +71,290 @@ pub enum Snapshot {
     Metrics(ShardMetricsSnapshot),
 }
 
-/// What a shard can take snapshots of (implemented by the shard).
-pub(crate) trait SnapshotSource {
-    /// This shard's numbers for `what`.
-    fn snapshot(&self, what: Gather) -> Snapshot;
+/// One end of a shard's inbox: a bounded sender and the shard's doorbell.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: channel::Sender<ShardMsg>,
+    bell: Arc<Doorbell>,
+}
+
+impl Mailbox {
+    /// Sends without waiting and wakes the shard; false if the inbox is full or its shard gone.
+    pub fn try_send(&self, msg: ShardMsg) -> bool {
+        let sent = self.tx.try_send(msg).is_ok();
+        if sent {
+            self.bell.ring();
+        }
+        sent
+    }
+}
+
+/// What one shard receives: its doorbell and both inboxes.
+pub(crate) struct Inbox {
+    /// Rung by every sender.
+    pub bell: Arc<Doorbell>,
+    /// From the control thread.
+    pub control: channel::Receiver<ShardMsg>,
+    /// From peer shards.
+    pub mesh: channel::Receiver<ShardMsg>,
 }
 
 /// The control thread's handle on every shard.
 #[derive(Clone)]
 pub struct ControlPlane {
-    shards: Vec<channel::Sender<ShardMsg>>,
+    shards: Vec<Mailbox>,
 }
 
 impl ControlPlane {
-    /// A control plane for `shards` shards and the receiving end for each.
-    pub fn new(shards: usize) -> (Self, Vec<channel::Receiver<ShardMsg>>) {
-        let (senders, receivers) = (0..shards)
-            .map(|_| channel::bounded(CONTROL_CHANNEL_CAPACITY))
-            .unzip();
-        (ControlPlane { shards: senders }, receivers)
-    }
-
-    /// Tells every shard to drain by `deadline`. Never blocks: a shard whose channel is full
+    /// Tells every shard to drain by `deadline`. Never blocks: a shard whose inbox is full
     /// already has a drain pending.
     pub fn drain(&self, deadline: Instant) {
         for s in &self.shards {
-            let _ = s.try_send(ShardMsg::Drain { deadline });
+            s.try_send(ShardMsg::Drain { deadline });
         }
     }
 }
 
-/// A shard's end of the mesh.
+/// Builds the doorbells and channels of `shards` shards: the control plane, each shard's
+/// [`Inbox`], and the mesh senders every shard gets (indexed by shard id).
+pub(crate) fn wire(shards: usize) -> std::io::Result<(ControlPlane, Vec<Inbox>, Vec<Mailbox>)> {
+    let mut control = Vec::with_capacity(shards);
+    let mut inboxes = Vec::with_capacity(shards);
+    let mut peers = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let bell = Arc::new(Doorbell::new()?);
+        let (ctx, crx) = channel::bounded(CONTROL_CHANNEL_CAPACITY);
+        let (mtx, mrx) = channel::bounded(MESH_CHANNEL_CAPACITY * shards.max(1));
+        control.push(Mailbox {
+            tx: ctx,
+            bell: bell.clone(),
+        });
+        peers.push(Mailbox {
+            tx: mtx,
+            bell: bell.clone(),
+        });
+        inboxes.push(Inbox {
+            bell,
+            control: crx,
+            mesh: mrx,
+        });
+    }
+    Ok((ControlPlane { shards: control }, inboxes, peers))
+}
+
+/// A gather in progress.
+struct PendingGather {
+    /// The connection waiting for it.
+    conn: usize,
+    snapshots: Vec<Snapshot>,
+    /// Replies still missing.
+    missing: usize,
+    deadline: Instant,
+    /// Set when it can be answered: every reply came, or the deadline passed.
+    result: Option<Result<(), ApiError>>,
+}
+
+/// How [`Mesh::start_gather`] went.
+pub(crate) enum GatherStart {
+    /// No peers: here is every snapshot (this shard's).
+    Done(Vec<Snapshot>),
+    /// Asked; the connection is resumed when the replies are in (or the deadline passes).
+    Pending(u64),
+}
+
+/// A shard's end of the mesh: its peers' mailboxes and its gathers in progress.
 pub(crate) struct Mesh {
-    senders: Senders<ShardMsg>,
-    pending: RefCell<HashMap<u64, LocalSender<Snapshot>>>,
-    next_ticket: Cell<u64>,
-    gathers: Semaphore,
+    me: usize,
+    peers: Vec<Mailbox>,
+    inbox: channel::Receiver<ShardMsg>,
+    gathers: HashMap<u64, PendingGather>,
+    next_ticket: u64,
 }
 
 impl Mesh {
-    /// Joins the mesh (waits until every shard has joined). Start the receive loops with
-    /// [`Mesh::serve`] once the shard exists.
-    pub(crate) async fn join(
-        builder: MeshBuilder<ShardMsg, Full>,
-    ) -> Result<(Rc<Mesh>, Receivers<ShardMsg>), String> {
-        let (senders, receivers): (Senders<ShardMsg>, Receivers<ShardMsg>) =
-            builder
-                .join()
-                .await
-                .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
-        let mesh = Rc::new(Mesh {
-            senders,
-            pending: RefCell::new(HashMap::new()),
-            next_ticket: Cell::new(0),
-            gathers: Semaphore::new(MAX_CONCURRENT_GATHERS),
-        });
-        Ok((mesh, receivers))
-    }
-
-    /// Starts one receive loop per peer, answering with `source`'s snapshots.
-    pub(crate) fn serve(
-        self: &Rc<Self>,
-        mut receivers: Receivers<ShardMsg>,
-        source: Rc<dyn SnapshotSource>,
-        queue: TaskQueueHandle,
-    ) -> Result<(), String> {
-        for (_, rx) in receivers.streams() {
-            let mesh = self.clone();
-            let source = source.clone();
-            glommio::spawn_local_into(
-                async move {
-                    while let Some(msg) = rx.recv().await {
-                        mesh.on_message(msg, source.as_ref());
-                    }
-                },
-                queue,
-            )
-            .map_err(|e| format!("cannot spawn a mesh receiver: {e}"))?
-            .detach();
-        }
-        Ok(())
-    }
-
-    fn on_message(&self, msg: ShardMsg, source: &dyn SnapshotSource) {
-        match msg {
-            ShardMsg::SnapshotRequest { from, ticket, what } => {
-                let snapshot = source.snapshot(what);
-                // If the asker's channel is full or the asker has exited, drop the reply: the
-                // asker's gather times out rather than anyone waiting here.
-                let _ = self
-                    .senders
-                    .try_send_to(from, ShardMsg::SnapshotReply { ticket, snapshot });
-            }
-            ShardMsg::SnapshotReply { ticket, snapshot } => {
-                if let Some(tx) = self.pending.borrow().get(&ticket) {
-                    // Sized for every peer: cannot be full. A late reply to a gather that timed
-                    // out finds no entry and is dropped.
-                    let _ = tx.try_send(snapshot);
-                }
-            }
-            ShardMsg::Drain { .. } => {
-                debug_assert!(false, "Drain travels the control channel, never the mesh")
-            }
+    /// Shard `me`'s end, with every shard's mailbox (its own included) and its inbox.
+    pub(crate) fn new(me: usize, peers: Vec<Mailbox>, inbox: channel::Receiver<ShardMsg>) -> Self {
+        Mesh {
+            me,
+            peers,
+            inbox,
+            gathers: HashMap::new(),
+            next_ticket: 0,
         }
     }
 
-    /// Every shard's snapshot of `what`, this shard's (`local`) first.
-    pub(crate) async fn gather(
-        &self,
+    /// The next message from a peer, if any.
+    pub(crate) fn try_recv(&self) -> Option<ShardMsg> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// Answers a peer's snapshot request. If the asker's inbox is full or the asker exited, the
+    /// reply is dropped: its gather times out rather than anyone waiting here.
+    pub(crate) fn reply(&self, to: usize, ticket: u64, snapshot: Snapshot) {
+        if let Some(peer) = self.peers.get(to) {
+            peer.try_send(ShardMsg::SnapshotReply { ticket, snapshot });
+        }
+    }
+
+    /// Starts gathering `what` from every peer for connection `conn`; `local` is this shard's.
+    pub(crate) fn start_gather(
+        &mut self,
+        conn: usize,
         what: Gather,
         local: Snapshot,
-    ) -> Result<Vec<Snapshot>, ApiError> {
-        let _permit = self
-            .gathers
-            .acquire_permit(1)
-            .await
-            .map_err(|_| ApiError::unavailable("the shard is shutting down"))?;
-        let me = self.senders.peer_id();
-        let peers = (0..self.senders.nr_consumers())
-            .filter(|&p| p != me)
-            .count();
-        let mut all = Vec::with_capacity(peers + 1);
-        all.push(local);
+        now: Instant,
+    ) -> Result<GatherStart, ApiError> {
+        let peers = self.peers.len().saturating_sub(1);
         if peers == 0 {
-            return Ok(all);
+            return Ok(GatherStart::Done(vec![local]));
         }
-        let ticket = self.next_ticket.get();
-        self.next_ticket.set(ticket.wrapping_add(1));
-        let (tx, rx) = local_channel::new_bounded(peers);
-        // Removed however this future ends, including when it is dropped mid-gather.
-        let _pending = PendingGuard::new(&self.pending, ticket, tx);
-        for p in (0..self.senders.nr_consumers()).filter(|&p| p != me) {
-            self.senders
-                .try_send_to(
-                    p,
-                    ShardMsg::SnapshotRequest {
-                        from: me,
-                        ticket,
-                        what,
-                    },
-                )
-                .map_err(|_| ApiError::unavailable("a shard is busy or shutting down; retry"))?;
+        if self.gathers.len() >= MAX_CONCURRENT_GATHERS {
+            return Err(ApiError::unavailable(
+                "too many statistics requests are in progress on this shard; retry",
+            ));
         }
-        let replies = glommio::timer::timeout(GATHER_TIMEOUT, async {
-            let mut replies = Vec::with_capacity(peers);
-            while replies.len() < peers {
-                match rx.recv().await {
-                    Some(s) => replies.push(s),
-                    None => break,
-                }
+        let ticket = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        for (p, peer) in self.peers.iter().enumerate() {
+            if p == self.me {
+                continue;
             }
-            Ok(replies)
-        })
-        .await
-        .ok()
-        .filter(|r| r.len() == peers)
-        .ok_or_else(|| ApiError::unavailable("a shard did not report its numbers in time"))?;
-        all.extend(replies);
-        Ok(all)
+            let asked = peer.try_send(ShardMsg::SnapshotRequest {
+                from: self.me,
+                ticket,
+                what,
+            });
+            if !asked {
+                return Err(ApiError::unavailable(
+                    "a shard is busy or shutting down; retry",
+                ));
+            }
+        }
+        let mut snapshots = Vec::with_capacity(peers + 1);
+        snapshots.push(local);
+        self.gathers.insert(
+            ticket,
+            PendingGather {
+                conn,
+                snapshots,
+                missing: peers,
+                deadline: now + GATHER_TIMEOUT,
+                result: None,
+            },
+        );
+        Ok(GatherStart::Pending(ticket))
+    }
+
+    /// Takes a peer's reply; pushes the waiting connection to `ready` when its gather is
+    /// complete. A late reply to a gather that timed out finds no entry and is dropped.
+    pub(crate) fn on_reply(&mut self, ticket: u64, snapshot: Snapshot, ready: &mut Vec<usize>) {
+        let Some(g) = self.gathers.get_mut(&ticket) else {
+            return;
+        };
+        if g.result.is_some() {
+            return;
+        }
+        g.snapshots.push(snapshot);
+        g.missing -= 1;
+        if g.missing == 0 {
+            g.result = Some(Ok(()));
+            ready.push(g.conn);
+        }
+    }
+
+    /// Ends the gathers whose deadline passed (their connections are pushed to `ready`).
+    pub(crate) fn expire(&mut self, now: Instant, ready: &mut Vec<usize>) {
+        for g in self.gathers.values_mut() {
+            if g.result.is_none() && now >= g.deadline {
+                g.result = Some(Err(ApiError::unavailable(
+                    "a shard did not report its numbers in time",
+                )));
+                ready.push(g.conn);
+            }
+        }
+    }
+
+    /// The earliest deadline of a gather still waiting.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.gathers
+            .values()
+            .filter(|g| g.result.is_none())
+            .map(|g| g.deadline)
+            .min()
+    }
+
+    /// A finished gather's snapshots (this shard's first), or why it failed.
+    pub(crate) fn take(&mut self, ticket: u64) -> Result<Vec<Snapshot>, ApiError> {
+        match self.gathers.remove(&ticket) {
+            Some(PendingGather {
+                result: Some(Ok(())),
+                snapshots,
+                ..
+            }) => Ok(snapshots),
+            Some(PendingGather {
+                result: Some(Err(e)),
+                ..
+            }) => Err(e),
+            _ => Err(ApiError::internal("a gather was answered before it ended")),
+        }
     }
 }
 
-/// A pending gather's reply slot, removed from the table on drop.
-struct PendingGuard<'m> {
-    table: &'m RefCell<HashMap<u64, LocalSender<Snapshot>>>,
-    ticket: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<'m> PendingGuard<'m> {
-    fn new(
-        table: &'m RefCell<HashMap<u64, LocalSender<Snapshot>>>,
-        ticket: u64,
-        tx: LocalSender<Snapshot>,
-    ) -> Self {
-        table.borrow_mut().insert(ticket, tx);
-        PendingGuard { table, ticket }
+    fn stats() -> Snapshot {
+        Snapshot::Stats(StatsSnapshot::default())
     }
-}
 
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.table.borrow_mut().remove(&self.ticket);
+    #[test]
+    fn gather_completes_with_every_reply_and_times_out_without() {
+        let (_, inboxes, peers) = wire(3).unwrap();
+        let mut mesh = Mesh::new(0, peers, inboxes[0].mesh.clone());
+        let now = Instant::now();
+        let what = Gather::Stats { only: None };
+        let GatherStart::Pending(t) = mesh.start_gather(7, what, stats(), now).unwrap() else {
+            panic!("two peers: pending");
+        };
+        // Both peers were asked.
+        for inbox in &inboxes[1..] {
+            assert!(matches!(
+                inbox.mesh.try_recv(),
+                Ok(ShardMsg::SnapshotRequest { from: 0, .. })
+            ));
+        }
+        let mut ready = Vec::new();
+        mesh.on_reply(t, stats(), &mut ready);
+        assert!(ready.is_empty());
+        mesh.on_reply(t, stats(), &mut ready);
+        assert_eq!(ready, [7]);
+        assert_eq!(mesh.take(t).unwrap().len(), 3);
+
+        let GatherStart::Pending(t) = mesh.start_gather(8, what, stats(), now).unwrap() else {
+            panic!("pending");
+        };
+        ready.clear();
+        mesh.expire(now + GATHER_TIMEOUT / 2, &mut ready);
+        assert!(ready.is_empty());
+        mesh.expire(now + GATHER_TIMEOUT, &mut ready);
+        assert_eq!(ready, [8]);
+        assert!(mesh.take(t).is_err());
+        // A late reply is dropped.
+        mesh.on_reply(t, stats(), &mut ready);
+        assert_eq!(ready, [8]);
+    }
+
+    #[test]
+    fn concurrent_gathers_are_bounded() {
+        let (_, inboxes, peers) = wire(2).unwrap();
+        let mut mesh = Mesh::new(0, peers, inboxes[0].mesh.clone());
+        let now = Instant::now();
+        for c in 0..MAX_CONCURRENT_GATHERS {
+            assert!(mesh.start_gather(c, Gather::Metrics, stats(), now).is_ok());
+        }
+        assert!(mesh
+            .start_gather(99, Gather::Metrics, stats(), now)
+            .is_err());
     }
 }

@@ -1,36 +1,34 @@
-//! The I/O engine: glommio executors pinned one per CPU, and everything that touches them.
+//! The runtime: pinned shard threads, each a synchronous event loop over an I/O engine, and
+//! everything that touches threads, sockets or the kernel.
 //!
 //! | module | what it owns |
 //! |---|---|
-//! | `shard` | assembling, running and draining one shard |
-//! | `connection` | one connection's read → answer → write loop |
-//! | `batcher` | one model's request ring, batching policy driver and inline execution |
-//! | [`worker`] | the worker thread that runs a model's batches off the reactor |
-//! | `conn_table` | the shard's open connections: limit, timeouts, drain |
+//! | [`engine`] | the I/O engines (io_uring, epoll) behind one completion-style boundary, the doorbell |
+//! | `shard` | one shard's event loop: accepting, dispatching events, batchers, housekeeping, drain |
+//! | `connection` | one connection's state machine: bytes in → requests answered in order → bytes out |
+//! | `batcher` | one model's batching policy driver: admission, deadlines, inline and worker dispatch |
+//! | [`worker`] | the worker thread that runs a model's batches off the shard's thread |
 //! | `buffers` | the shard's buffer pools |
-//! | `listener` | the `SO_REUSEPORT` sockets, bound before any executor starts |
-//! | [`mesh`] | every message that crosses cores |
+//! | `listener` | the `SO_REUSEPORT` sockets, bound before any shard starts |
+//! | [`mesh`] | every message that crosses cores, and the doorbells that announce them |
 //! | `signals` | the control thread that turns SIGTERM/SIGINT into a drain |
-//! | `task_queues` | the shard's named task queues |
 //!
-//! Nothing outside this module names a glommio type (the worker's async doorbell aside).
+//! Nothing outside this module knows which engine runs.
 
 mod batcher;
 mod buffers;
-mod conn_table;
 mod connection;
+pub mod engine;
 mod listener;
 pub mod mesh;
 mod shard;
 mod signals;
-mod task_queues;
 pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::channel;
-use glommio::channels::channel_mesh::MeshBuilder;
 use tracing::info;
 
 use crate::config::Config;
@@ -38,11 +36,8 @@ use crate::error::StartupError;
 use crate::model::ModelRegistry;
 use crate::service::ServiceState;
 use crate::topology;
-use mesh::{ControlPlane, MESH_CHANNEL_CAPACITY};
 use shard::ShardSetup;
 
-/// The least locked memory glommio needs per process (its own check), in bytes.
-const MIN_MEMLOCK_BYTES: u64 = 512 << 10;
 /// Exit status when a shard panics (EX_SOFTWARE).
 const SHARD_PANIC_EXIT_STATUS: i32 = 70;
 /// How long startup waits for every shard to report in.
@@ -54,26 +49,28 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
     let allowed = topology::affinity_cpus()
         .map_err(|e| StartupError::new(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = topology::plan_shards(&config.shards, &allowed)?;
-    check_memlock()?;
+    let engine = engine::select(config.engine).map_err(StartupError::new)?;
+    info!(engine = %engine.kind, reason = %engine.reason, "I/O engine");
     let registry = Arc::new(ModelRegistry::from_config(config)?);
     let state = Arc::new(ServiceState::new(registry));
     let (listeners, address) = listener::bind_listeners(&config.http, cpus.len())?;
-    let (control, receivers) = ControlPlane::new(cpus.len());
+    let (control, inboxes, peers) = mesh::wire(cpus.len())
+        .map_err(|e| StartupError::new(format!("cannot create the shards' doorbells: {e}")))?;
     signals::spawn(control, Duration::from_millis(config.drain.timeout_ms))?;
 
-    let mesh = MeshBuilder::full(cpus.len(), MESH_CHANNEL_CAPACITY);
     let (started_tx, started_rx) = channel::bounded(cpus.len());
     let mut threads = Vec::with_capacity(cpus.len());
-    for (id, ((cpu, listener), control)) in cpus.iter().zip(listeners).zip(receivers).enumerate() {
+    for (id, ((cpu, listener), inbox)) in cpus.iter().zip(listeners).zip(inboxes).enumerate() {
         let setup = ShardSetup {
             id,
             cpu: *cpu,
+            engine: engine.kind,
             listener,
             address,
             state: state.clone(),
             http: config.http.clone(),
-            control,
-            mesh: mesh.clone(),
+            inbox,
+            peers: peers.clone(),
             started: started_tx.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -109,32 +106,12 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         %address,
         shards = cpus.len(),
         cpus = %topology::format_cpu_list(&cpus),
+        engine = %engine.kind,
         "friday listening"
     );
     for t in threads {
         let _ = t.join();
     }
     info!("friday stopped");
-    Ok(())
-}
-
-fn check_memlock() -> Result<(), StartupError> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-        return Ok(());
-    }
-    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MIN_MEMLOCK_BYTES {
-        return Err(StartupError::new(format!(
-            "the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB; friday's io_uring rings need at \
-             least {} KiB: raise it with `ulimit -l {}` or systemd's LimitMEMLOCK=",
-            limit.rlim_cur / 1024,
-            MIN_MEMLOCK_BYTES / 1024,
-            MIN_MEMLOCK_BYTES / 1024
-        )));
-    }
     Ok(())
 }

@@ -1,54 +1,60 @@
-//! The shard: the one place per-core state is assembled, run and drained.
+//! The shard: one thread pinned to one CPU, running a synchronous event loop over its engine.
 //!
-//! A shard owns a pinned glommio executor, its listener, its connections (table, buffers), its
-//! [`ShardService`] (statistics, metrics, drain flag), one batcher per model (with a worker
-//! thread for models placed on one) and its end of the mesh. It runs its tasks in three queues:
-//! the accept loop and the connections (latency-sensitive `io` queue), the batchers and inline
-//! batches (`batch`), and housekeeping (`admin`: control messages, the `Date` header, the timeout
-//! and hang-up sweeper, mesh receivers).
+//! A shard owns its engine (an io_uring ring or an epoll instance), its listener, its
+//! connections (a slab of state machines), its [`Core`] (handler, statistics, metrics, drain
+//! flag, one batcher per model, its end of the mesh, buffer pools) and its doorbell. One loop
+//! turn:
 //!
-//! Drain: stop accepting (the listener closes), readiness turns 503, idle connections are shut,
-//! busy ones finish their request and close, and the shard returns once every connection has
-//! ended or the deadline passes.
+//! 1. compute how long it may sleep: until the next housekeeping tick, a batcher's wake-up time,
+//!    a gather's deadline or the drain deadline, or not at all if a batcher has work now;
+//! 2. submit what the last turn asked for and wait, in one engine call (one `io_uring_enter`);
+//! 3. act on each event: accept, feed a receive or a send to its connection, or read the inboxes
+//!    when the doorbell rang;
+//! 4. poll the batchers that have something to do and resume the connections whose outcome is
+//!    ready (a resumed connection may submit again, so this repeats a few times);
+//! 5. on a tick: refresh the `Date` header, time out connections, look for clients that hung up.
+//!
+//! No futures, no wakers, no timers per request: deadlines are checked by the batching policy
+//! and the sweep, against the loop's clock.
+//!
+//! Drain: stop accepting (the listener closes), readiness turns 503, idle connections are shut
+//! on their read side (a request already sent is still answered, with `Connection: close`),
+//! busy ones finish their request and close, and the loop ends once every connection has ended
+//! or the deadline passes.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel;
-use futures_lite::AsyncWriteExt;
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::{Gate, Semaphore};
-use glommio::{LocalExecutorBuilder, Placement};
+use slab::Slab;
 use tracing::{debug, info, warn};
 
-use super::batcher::Batcher;
+use super::batcher::{Batcher, PollCtx};
 use super::buffers::BufferPool;
-use super::conn_table::{ConnTable, Timeouts};
-use super::mesh::{Mesh, ShardMsg, Snapshot, SnapshotSource};
-use super::task_queues::TaskQueues;
+use super::connection::{Connection, Phase, LINGER_TIME};
+use super::engine::{Engine, EngineKind, Event};
+use super::mesh::{Inbox, Mailbox, Mesh, ShardMsg, Snapshot};
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::http::{Limits, Responder, ResponseMode};
 use crate::service::{Gather, ServiceState, ShardService};
 
-/// io_uring registered-buffer memory per executor. friday does no file I/O through glommio's
-/// DMA buffers, so the minimum keeps locked memory (RLIMIT_MEMLOCK) low.
-const IO_MEMORY_BYTES: usize = 64 << 10;
 /// Initial size of a connection's read buffer; it grows for larger requests.
 const READ_BUFFER_BYTES: usize = 16 << 10;
 /// Initial size of a connection's write and scratch buffers.
 const WRITE_BUFFER_BYTES: usize = 4 << 10;
 /// Initial size of a request's tensor buffers (they grow to fit).
 const TENSOR_BUFFER_BYTES: usize = 256;
-/// How often housekeeping runs (control messages, Date header, timeout sweep).
+/// How often housekeeping runs (Date header, timeout sweep, hang-up detection).
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(25);
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Rounds of "poll the batchers, resume the ready connections" per loop turn; more work waits
+/// for the next turn, after the engine has had its say.
+const RESUME_ROUNDS: usize = 4;
+/// After the drain deadline, how long the shard waits for its connections' operations to end
+/// before it leaves their buffers to the exiting process.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
 
 /// Everything a shard is started with; built on the main thread, moved to the shard's thread.
 pub(crate) struct ShardSetup {
@@ -56,7 +62,9 @@ pub(crate) struct ShardSetup {
     pub id: usize,
     /// The CPU it is pinned to.
     pub cpu: usize,
-    /// Its listening socket (bound, listening).
+    /// The engine to run.
+    pub engine: EngineKind,
+    /// Its listening socket (bound, listening, non-blocking).
     pub listener: socket2::Socket,
     /// The bound address, for the log.
     pub address: SocketAddr,
@@ -64,37 +72,43 @@ pub(crate) struct ShardSetup {
     pub state: Arc<ServiceState>,
     /// `[http]` settings.
     pub http: HttpConfig,
-    /// Control messages from the signal thread.
-    pub control: channel::Receiver<ShardMsg>,
-    /// The mesh to join.
-    pub mesh: MeshBuilder<ShardMsg, Full>,
+    /// Its doorbell and inboxes.
+    pub inbox: Inbox,
+    /// Every shard's mesh mailbox, by shard id.
+    pub peers: Vec<Mailbox>,
     /// Reports `Ok(id)` once serving, or why the shard could not start.
     pub started: channel::Sender<Result<usize, String>>,
 }
 
-/// One shard's state, shared by its tasks (`Rc`: never leaves its thread).
-pub(crate) struct Shard {
-    pub(crate) id: usize,
-    pub(crate) service: Rc<ShardService>,
-    pub(crate) mesh: Rc<Mesh>,
-    pub(crate) conns: Rc<ConnTable>,
-    pub(crate) read_pool: BufferPool,
-    pub(crate) read_pool_initial: usize,
-    pub(crate) write_pool: BufferPool,
-    pub(crate) tensor_pool: Rc<BufferPool>,
-    /// One per registry model, in registry order.
-    pub(crate) batchers: Vec<Rc<Batcher>>,
-    /// Bumped when the hang-up sweep finds clients that left (the batchers then look).
-    gone_epoch: Rc<Cell<u64>>,
-    pub(crate) limits: Limits,
-    pub(crate) queues: TaskQueues,
-    /// Closed when the drain starts: the accept loop waits on it beside `accept`.
-    drain_signal: Semaphore,
-    deadline: Cell<Option<Instant>>,
+/// The shard's buffer pools.
+pub(crate) struct Pools {
+    pub read: BufferPool,
+    pub read_initial: usize,
+    pub write: BufferPool,
+    pub tensor: BufferPool,
 }
 
-impl SnapshotSource for Shard {
-    fn snapshot(&self, what: Gather) -> Snapshot {
+/// Everything of a shard that its connections use: the handler, the batchers, the mesh, the
+/// pools. (The connections and the engine live beside it, so a connection can borrow both.)
+pub(crate) struct Core {
+    pub id: usize,
+    pub service: ShardService,
+    /// One per registry model, in registry order.
+    pub batchers: Vec<Batcher>,
+    pub mesh: Mesh,
+    pub pools: Pools,
+    pub limits: Limits,
+    /// Bumped whenever a client may have left a parked request.
+    gone_epoch: u64,
+    /// Connections whose parked request can be answered now.
+    pub ready: Vec<usize>,
+    open: usize,
+    accepted: u64,
+}
+
+impl Core {
+    /// This shard's numbers for `what`.
+    pub(crate) fn snapshot(&self, what: Gather) -> Snapshot {
         match what {
             Gather::Stats { .. } => Snapshot::Stats(self.service.stats_snapshot()),
             Gather::Metrics => {
@@ -104,9 +118,9 @@ impl SnapshotSource for Shard {
                     .iter()
                     .map(|b| b.outstanding() as u64)
                     .collect();
-                m.connections_open = self.conns.len() as u64;
-                m.connections_accepted = self.conns.accepted();
-                for pool in [&self.read_pool, &self.write_pool, &*self.tensor_pool] {
+                m.connections_open = self.open as u64;
+                m.connections_accepted = self.accepted;
+                for pool in [&self.pools.read, &self.pools.write, &self.pools.tensor] {
                     let (taken, reused) = pool.reuse();
                     m.buffers_taken += taken;
                     m.buffers_reused += reused;
@@ -115,242 +129,447 @@ impl SnapshotSource for Shard {
             }
         }
     }
-}
 
-impl Shard {
-    fn begin_drain(&self, deadline: Instant) {
-        let deadline = self.deadline.get().map_or(deadline, |d| d.min(deadline));
-        self.deadline.set(Some(deadline));
-        if !self.service.is_draining() {
-            info!(
-                shard = self.id,
-                open_connections = self.conns.len(),
-                "draining"
-            );
-            self.service.start_draining();
-            self.drain_signal.close();
+    /// A client may have left a parked request: the batchers look for gone clients.
+    pub(crate) fn client_gone(&mut self) {
+        self.gone_epoch = self.gone_epoch.wrapping_add(1);
+        for b in &mut self.batchers {
+            b.on_gone();
         }
     }
+}
+
+/// One shard.
+struct Shard {
+    engine: Engine,
+    listener: Option<OwnedFd>,
+    conns: Slab<Connection>,
+    core: Core,
+    inbox: Inbox,
+    max_connections: usize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    drain_deadline: Option<Instant>,
+    events: Vec<Event>,
 }
 
 /// Runs a shard on the current thread until it has drained. Blocks.
 pub(crate) fn run(setup: ShardSetup) {
     let started = setup.started.clone();
-    let executor = LocalExecutorBuilder::new(Placement::Fixed(setup.cpu))
-        .name(&format!("friday-shard-{}", setup.id))
-        .io_memory(IO_MEMORY_BYTES)
-        .make();
-    match executor {
-        Ok(ex) => ex.run(serve(setup)),
+    let (id, cpu) = (setup.id, setup.cpu);
+    crate::topology::pin_current_thread(cpu);
+    let mut shard = match Shard::new(setup) {
+        Ok(s) => s,
         Err(e) => {
-            let _ = started.send(Err(format!(
-                "shard {} cannot start its executor on CPU {}: {e}",
-                setup.id, setup.cpu
-            )));
-        }
-    }
-}
-
-async fn serve(setup: ShardSetup) {
-    let ShardSetup {
-        id,
-        cpu,
-        listener,
-        address,
-        state,
-        http,
-        control,
-        mesh,
-        started,
-    } = setup;
-    let queues = TaskQueues::create();
-    let service = Rc::new(ShardService::new(state.clone()));
-    let (mesh, receivers) = match Mesh::join(mesh).await {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = started.send(Err(format!("shard {id}: {e}")));
+            let _ = started.send(Err(format!("shard {id} (CPU {cpu}): {e}")));
             return;
         }
     };
-    let tensor_pool = Rc::new(BufferPool::new(TENSOR_BUFFER_BYTES));
-    let gone_epoch = Rc::new(Cell::new(0u64));
-    let mut batchers = Vec::new();
-    for entry in state.registry().entries() {
-        let started_batcher = Batcher::start(
-            entry,
-            service.clone(),
-            tensor_pool.clone(),
-            gone_epoch.clone(),
+    let _ = started.send(Ok(id));
+    drop(started);
+    shard.serve();
+}
+
+impl Shard {
+    fn new(setup: ShardSetup) -> Result<Shard, String> {
+        let ShardSetup {
+            id,
             cpu,
-            queues.batch,
+            engine,
+            listener,
+            address,
+            state,
+            http,
+            inbox,
+            peers,
+            started: _,
+        } = setup;
+        let listener: OwnedFd = listener.into();
+        let engine = Engine::new(engine, listener.as_raw_fd(), inbox.bell.as_raw_fd())
+            .map_err(|e| format!("cannot set up the {engine} engine: {e}"))?;
+        let mut batchers = Vec::new();
+        for entry in state.registry().entries() {
+            batchers.push(Batcher::new(entry, cpu, &inbox.bell)?);
+        }
+        let models: Vec<String> = state
+            .registry()
+            .entries()
+            .iter()
+            .map(|e| format!("{} ({})", e.name(), e.serving.placement))
+            .collect();
+        info!(shard = id, cpu, %address, models = %models.join(", "), "shard serving");
+        let mesh = Mesh::new(id, peers, inbox.mesh.clone());
+        Ok(Shard {
+            engine,
+            listener: Some(listener),
+            conns: Slab::with_capacity(http.max_connections_per_shard.min(1024)),
+            core: Core {
+                id,
+                service: ShardService::new(state),
+                batchers,
+                mesh,
+                pools: Pools {
+                    read: BufferPool::new(READ_BUFFER_BYTES),
+                    read_initial: READ_BUFFER_BYTES,
+                    write: BufferPool::new(WRITE_BUFFER_BYTES),
+                    tensor: BufferPool::new(TENSOR_BUFFER_BYTES),
+                },
+                limits: Limits {
+                    max_header_bytes: http.max_header_bytes,
+                    max_body_bytes: http.max_body_bytes,
+                },
+                gone_epoch: 0,
+                ready: Vec::new(),
+                open: 0,
+                accepted: 0,
+            },
+            inbox,
+            max_connections: http.max_connections_per_shard,
+            header_timeout: http.header_read_timeout(),
+            idle_timeout: http.idle_timeout(),
+            drain_deadline: None,
+            events: Vec::with_capacity(256),
+        })
+    }
+
+    fn serve(&mut self) {
+        let mut next_tick = Instant::now() + HOUSEKEEPING_TICK;
+        loop {
+            let now = Instant::now();
+            if self.drain_deadline.is_some() {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if self.drain_deadline.is_some_and(|d| now >= d) {
+                    warn!(
+                        shard = self.core.id,
+                        open_connections = self.conns.len(),
+                        "drain deadline passed; closing the remaining connections"
+                    );
+                    self.abandon_connections();
+                    break;
+                }
+            }
+            let timeout = self.timeout(now, next_tick);
+            let mut events = std::mem::take(&mut self.events);
+            if let Err(e) = self.engine.wait(Some(timeout), &mut events) {
+                // The engine itself failed (not an operation): a shard that cannot do I/O is
+                // a bug or a broken host; exit so a supervisor restarts the process.
+                panic!("shard {}: the engine failed: {e}", self.core.id);
+            }
+            for event in events.drain(..) {
+                self.on_event(event);
+            }
+            self.events = events;
+            self.run_batchers();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.housekeeping(now);
+                next_tick = now + HOUSEKEEPING_TICK;
+            }
+        }
+        let (taken, reused) = self.core.pools.read.reuse();
+        info!(
+            shard = self.core.id,
+            connections = taken,
+            buffers_reused = reused,
+            "shard drained"
         );
-        match started_batcher {
-            Ok(b) => batchers.push(b),
-            Err(e) => {
-                let _ = started.send(Err(format!("shard {id}: {e}")));
+    }
+
+    /// How long the next wait may sleep.
+    fn timeout(&self, now: Instant, next_tick: Instant) -> Duration {
+        if self.core.batchers.iter().any(Batcher::is_dirty) || !self.core.ready.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut until = next_tick;
+        for b in &self.core.batchers {
+            if let Some(t) = b.wake_at() {
+                until = until.min(t);
+            }
+        }
+        if let Some(t) = self.core.mesh.next_deadline() {
+            until = until.min(t);
+        }
+        if let Some(t) = self.drain_deadline {
+            until = until.min(t);
+        }
+        until.saturating_duration_since(now)
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Accepted(Ok(fd)) => self.accept(fd),
+            Event::Accepted(Err(e)) => warn!(shard = self.core.id, error = %e, "accept failed"),
+            Event::Received { conn, result } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.on_received(conn, result, &mut self.core, &mut self.engine);
+                }
+                self.reap(conn);
+            }
+            Event::Sent { conn, result } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.on_sent(conn, result, &mut self.core, &mut self.engine);
+                }
+                self.reap(conn);
+            }
+            Event::Doorbell => self.on_doorbell(),
+        }
+    }
+
+    fn accept(&mut self, fd: OwnedFd) {
+        if self.drain_deadline.is_some() {
+            // Accepted just before the listener closed: refuse it like the closed listener would.
+            return;
+        }
+        if self.conns.len() >= self.max_connections {
+            self.reject(fd);
+            return;
+        }
+        let _ = socket2::SockRef::from(&fd).set_nodelay(true);
+        let key = self.conns.vacant_key();
+        if let Err(e) = self.engine.add(key, fd.as_raw_fd()) {
+            warn!(shard = self.core.id, error = %e, "cannot watch a new connection");
+            return;
+        }
+        let now = Instant::now();
+        self.conns.insert(Connection::new(fd, &self.core, now));
+        self.core.open = self.conns.len();
+        self.core.accepted += 1;
+        self.conns[key].start(key, &mut self.core, &mut self.engine);
+        self.reap(key);
+    }
+
+    /// Answers a connection over the shard's limit with 503 and closes it.
+    fn reject(&self, fd: OwnedFd) {
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        let date = self.core.service.date();
+        Responder::new(&mut out, &mut scratch, &date, ResponseMode::CLOSE).error(
+            &ApiError::unavailable(
+                "this shard has reached http.max_connections_per_shard; retry later",
+            ),
+        );
+        // SAFETY: a non-blocking send from a buffer we own; a fresh socket's send buffer holds
+        // this small response, and if it does not, the client gets the close alone.
+        unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                out.as_ptr().cast(),
+                out.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        debug!(shard = self.core.id, "rejected a connection over the limit");
+    }
+
+    /// Frees connection `key` if it has ended.
+    fn reap(&mut self, key: usize) {
+        if !self.conns.get(key).is_some_and(Connection::is_finished) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        self.engine.remove(key, conn.fd());
+        // The socket closes here, after the engine let go of it.
+        drop(conn.release(&self.core));
+        self.core.open = self.conns.len();
+    }
+
+    fn on_doorbell(&mut self) {
+        while let Ok(msg) = self.inbox.control.try_recv() {
+            if let ShardMsg::Drain { deadline } = msg {
+                self.begin_drain(deadline);
+            }
+        }
+        while let Some(msg) = self.core.mesh.try_recv() {
+            match msg {
+                ShardMsg::SnapshotRequest { from, ticket, what } => {
+                    let snapshot = self.core.snapshot(what);
+                    self.core.mesh.reply(from, ticket, snapshot);
+                }
+                ShardMsg::SnapshotReply { ticket, snapshot } => {
+                    let core = &mut self.core;
+                    core.mesh.on_reply(ticket, snapshot, &mut core.ready);
+                }
+                ShardMsg::Drain { .. } => {
+                    debug_assert!(false, "Drain travels the control inbox, never the mesh")
+                }
+            }
+        }
+        for b in &mut self.core.batchers {
+            b.on_doorbell();
+        }
+    }
+
+    /// Polls the batchers that have work and resumes the connections whose outcome is ready.
+    fn run_batchers(&mut self) {
+        for _ in 0..RESUME_ROUNDS {
+            let now = Instant::now();
+            let core = &mut self.core;
+            core.mesh.expire(now, &mut core.ready);
+            let conns = &self.conns;
+            let mut ctx = PollCtx {
+                service: &core.service,
+                pool: &core.pools.tensor,
+                gone: |c: usize| conns.get(c).is_none_or(Connection::is_gone),
+                gone_epoch: core.gone_epoch,
+                ready: &mut core.ready,
+            };
+            for b in &mut core.batchers {
+                if b.is_dirty() || b.wake_at().is_some_and(|t| t <= now) {
+                    b.poll(now, &mut ctx);
+                }
+            }
+            if self.core.ready.is_empty() {
                 return;
             }
-        }
-    }
-    // SAFETY: the socket is bound and listening, and ownership of its descriptor moves here.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let shard = Rc::new(Shard {
-        id,
-        service,
-        mesh,
-        conns: ConnTable::new(http.max_connections_per_shard),
-        read_pool: BufferPool::new(READ_BUFFER_BYTES),
-        read_pool_initial: READ_BUFFER_BYTES,
-        write_pool: BufferPool::new(WRITE_BUFFER_BYTES),
-        tensor_pool,
-        batchers,
-        gone_epoch,
-        limits: Limits {
-            max_header_bytes: http.max_header_bytes,
-            max_body_bytes: http.max_body_bytes,
-        },
-        queues,
-        drain_signal: Semaphore::new(0),
-        deadline: Cell::new(None),
-    });
-    if let Err(e) = shard.mesh.serve(receivers, shard.clone(), queues.admin) {
-        let _ = started.send(Err(format!("shard {id}: {e}")));
-        return;
-    }
-    let timeouts = Timeouts {
-        header: http.header_read_timeout(),
-        idle: http.idle_timeout(),
-    };
-    let spawned =
-        glommio::spawn_local_into(housekeeping(shard.clone(), control, timeouts), queues.admin);
-    match spawned {
-        Ok(task) => task.detach(),
-        Err(e) => {
-            let _ = started.send(Err(format!("shard {id}: cannot spawn housekeeping: {e}")));
-            return;
-        }
-    };
-    let models: Vec<String> = state
-        .registry()
-        .entries()
-        .iter()
-        .map(|e| format!("{} ({})", e.name(), e.serving.placement))
-        .collect();
-    info!(shard = id, cpu, %address, models = %models.join(", "), "shard serving");
-    let _ = started.send(Ok(id));
-
-    let gate = Gate::new();
-    match glommio::spawn_local_into(
-        accept_loop(shard.clone(), listener, gate.clone()),
-        queues.io,
-    ) {
-        Ok(task) => task.await,
-        Err(e) => warn!(shard = id, error = %e, "cannot spawn the accept loop"),
-    }
-
-    let deadline = shard.deadline.get().unwrap_or_else(Instant::now);
-    let left = deadline.saturating_duration_since(Instant::now());
-    let closed = if shard.conns.len() == 0 {
-        Ok(())
-    } else {
-        glommio::timer::timeout(left, async {
-            let _ = gate.close().await;
-            Ok(())
-        })
-        .await
-    };
-    if closed.is_err() {
-        warn!(
-            shard = id,
-            open_connections = shard.conns.len(),
-            "drain deadline passed; closing the remaining connections"
-        );
-    }
-    let (taken, reused) = shard.read_pool.reuse();
-    info!(
-        shard = id,
-        connections = taken,
-        buffers_reused = reused,
-        "shard drained"
-    );
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, gate: Gate) {
-    loop {
-        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            // The semaphore never has permits: this returns only when the drain closes it.
-            let _ = shard.drain_signal.acquire(1).await;
-            None
-        })
-        .await;
-        let Some(accepted) = next else { break };
-        match accepted {
-            Ok(stream) => {
-                let Some(handle) = shard.conns.register(stream.as_raw_fd(), Instant::now()) else {
-                    spawn_or_log(&shard, reject(shard.clone(), stream));
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let task = gate.spawn_into(
-                    super::connection::serve(shard.clone(), stream, handle),
-                    shard.queues.io,
-                );
-                match task {
-                    Ok(task) => drop(task.detach()),
-                    Err(e) => warn!(shard = shard.id, error = %e, "cannot spawn a connection task"),
-                };
+            let mut ready = std::mem::take(&mut self.core.ready);
+            for key in ready.drain(..) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.resume(key, &mut self.core, &mut self.engine);
+                }
+                self.reap(key);
             }
-            Err(e) => {
-                warn!(shard = shard.id, error = %e, "accept failed");
-                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+            // Keep the allocation; anything pushed meanwhile is for the next round.
+            ready.append(&mut self.core.ready);
+            self.core.ready = ready;
+        }
+    }
+
+    fn begin_drain(&mut self, deadline: Instant) {
+        let deadline = self.drain_deadline.map_or(deadline, |d| d.min(deadline));
+        let first = self.drain_deadline.is_none();
+        self.drain_deadline = Some(deadline);
+        if first {
+            info!(
+                shard = self.core.id,
+                open_connections = self.conns.len(),
+                "draining"
+            );
+            self.core.service.start_draining();
+            self.engine.stop_accepting();
+            // Closing the listener refuses new connections from here on.
+            self.listener = None;
+            self.sweep(Instant::now());
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.core.service.refresh_date(SystemTime::now());
+        self.sweep(now);
+        self.detect_gone();
+    }
+
+    /// Shuts down connections that overstayed their phase, and, while draining, idle ones. A
+    /// shut socket ends its pending receive, and the connection closes itself.
+    fn sweep(&mut self, now: Instant) {
+        let draining = self.drain_deadline.is_some();
+        let mut timed_out = 0;
+        for (_, c) in self.conns.iter_mut() {
+            if c.is_shut() {
+                continue;
+            }
+            let (phase, since) = c.phase();
+            let age = now.saturating_duration_since(since);
+            let how = match phase {
+                // Drain closes idle connections by their read side: a request already on its
+                // way is still read and answered (with `Connection: close`), then the
+                // connection ends.
+                Phase::Idle if draining => Some(libc::SHUT_RD),
+                Phase::Idle | Phase::Body | Phase::Write if age > self.idle_timeout => {
+                    timed_out += 1;
+                    Some(libc::SHUT_RDWR)
+                }
+                Phase::Head if age > self.header_timeout => {
+                    timed_out += 1;
+                    Some(libc::SHUT_RDWR)
+                }
+                Phase::Linger if age > LINGER_TIME => Some(libc::SHUT_RDWR),
+                _ => None,
+            };
+            if let Some(how) = how {
+                c.shut_down(how);
             }
         }
-    }
-    // Dropping the listener closes it: new connections to this shard are refused from here on.
-    drop(listener);
-}
-
-fn spawn_or_log(shard: &Shard, fut: impl std::future::Future<Output = ()> + 'static) {
-    match glommio::spawn_local_into(fut, shard.queues.io) {
-        Ok(task) => drop(task.detach()),
-        Err(e) => warn!(shard = shard.id, error = %e, "cannot spawn a task"),
-    }
-}
-
-/// Answers a connection over the shard's limit with 503 and closes it.
-async fn reject(shard: Rc<Shard>, mut stream: TcpStream) {
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
-    let date = shard.service.date();
-    Responder::new(&mut out, &mut scratch, &date, ResponseMode::CLOSE).error(
-        &ApiError::unavailable(
-            "this shard has reached http.max_connections_per_shard; retry later",
-        ),
-    );
-    let _ = stream.write_all(&out).await;
-    debug!(shard = shard.id, "rejected a connection over the limit");
-}
-
-async fn housekeeping(shard: Rc<Shard>, control: channel::Receiver<ShardMsg>, timeouts: Timeouts) {
-    loop {
-        glommio::timer::sleep(HOUSEKEEPING_TICK).await;
-        while let Ok(msg) = control.try_recv() {
-            if let ShardMsg::Drain { deadline } = msg {
-                shard.begin_drain(deadline);
-            }
-        }
-        shard.service.refresh_date(SystemTime::now());
-        let swept = shard
-            .conns
-            .sweep(Instant::now(), &timeouts, shard.service.is_draining());
-        if shard.conns.detect_gone() {
-            shard.gone_epoch.set(shard.gone_epoch.get().wrapping_add(1));
-        }
-        if swept.timed_out > 0 {
+        if timed_out > 0 {
             debug!(
-                shard = shard.id,
-                closed = swept.timed_out,
+                shard = self.core.id,
+                closed = timed_out,
                 "closed timed-out connections"
             );
+        }
+    }
+
+    /// Marks parked connections whose client hung up (closed, reset, or shut its sending side,
+    /// which HTTP clients do only when they are done), in one `poll` call for all of them, so
+    /// their queued requests are dropped before they are batched.
+    fn detect_gone(&mut self) {
+        let mut busy: Vec<(usize, libc::pollfd)> = self
+            .conns
+            .iter()
+            // A socket whose read side we shut ourselves (drain) reports POLLRDHUP too: that is
+            // not its client leaving.
+            .filter(|(_, c)| c.phase().0 == Phase::Busy && !c.is_gone() && !c.is_shut())
+            .map(|(k, c)| {
+                (
+                    k,
+                    libc::pollfd {
+                        fd: c.fd(),
+                        events: libc::POLLRDHUP,
+                        revents: 0,
+                    },
+                )
+            })
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = busy.iter().map(|(_, p)| *p).collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds; timeout 0 never blocks. Every fd
+        // belongs to a live connection of this shard.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        if n <= 0 {
+            return;
+        }
+        let mut marked = false;
+        for ((key, _), p) in busy.iter_mut().zip(&fds) {
+            if p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.conns[*key].set_gone();
+                marked = true;
+            }
+        }
+        if marked {
+            self.core.client_gone();
+        }
+    }
+
+    /// The drain deadline passed: shut every connection down and give their operations a moment
+    /// to end. Buffers still under an operation are leaked to the exiting process rather than
+    /// freed under the kernel.
+    fn abandon_connections(&mut self) {
+        for (_, c) in self.conns.iter_mut() {
+            c.shut_down(libc::SHUT_RDWR);
+        }
+        let until = Instant::now() + EXIT_GRACE;
+        while self.conns.iter().any(|(_, c)| c.has_io_in_flight()) && Instant::now() < until {
+            let mut events = std::mem::take(&mut self.events);
+            let left = until.saturating_duration_since(Instant::now());
+            if self.engine.wait(Some(left), &mut events).is_err() {
+                break;
+            }
+            for event in events.drain(..) {
+                match event {
+                    Event::Received { conn, .. } | Event::Sent { conn, .. } => {
+                        if let Some(c) = self.conns.get_mut(conn) {
+                            c.forget_io(&event);
+                        }
+                    }
+                    Event::Accepted(_) | Event::Doorbell => {}
+                }
+            }
+            self.events = events;
+        }
+        if self.conns.iter().any(|(_, c)| c.has_io_in_flight()) {
+            std::mem::forget(std::mem::take(&mut self.conns));
         }
     }
 }

@@ -2,20 +2,20 @@
 //! (Public so that `benches/ring_handoff.rs` measures this code, not a copy of it.)
 //!
 //! The shard hands it a [`Job`] through an rtrb ring and wakes it with `unpark`; it runs the
-//! batch, pushes a [`JobDone`] through a second rtrb ring and rings the shard's doorbell (one
-//! byte on a socketpair the shard's reactor watches). At most one job is in flight per model, so
-//! both rings are tiny and can never be full when pushed to. The rings are wait-free; the only
-//! cross-thread synchronisation beyond them is the park token and the doorbell byte.
+//! batch, pushes a [`JobDone`] through a second rtrb ring and rings the shard's doorbell (the
+//! eventfd the shard's engine watches). At most one job is in flight per model, so both rings are
+//! tiny and can never be full when pushed to. The rings are wait-free; the only cross-thread
+//! synchronisation beyond them is the park token and the doorbell.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use futures_lite::AsyncReadExt;
-use glommio::net::UnixStream;
 use smallvec::SmallVec;
+
+use super::engine::Doorbell;
 
 use crate::batch::assemble::{self, BatchResult, Inputs};
 use crate::model::Model;
@@ -36,7 +36,7 @@ pub struct Job {
 /// A batch the worker ran.
 pub struct JobDone {
     /// The outputs, or why the model failed.
-    pub result: Result<BatchResult, String>,
+    pub result: Result<BatchResult<'static>, String>,
     /// When the model started.
     pub infer_start: Instant,
     /// When it finished.
@@ -47,18 +47,18 @@ pub struct JobDone {
 pub struct Worker {
     jobs: rtrb::Producer<Job>,
     done: rtrb::Consumer<JobDone>,
-    thread: std::thread::Thread,
-    doorbell: UnixStream,
+    thread: JoinHandle<()>,
     stop: Arc<AtomicBool>,
 }
 
 impl Worker {
-    /// Starts a worker for `model`, pinned to `cpu`. Must be called on the shard's executor (the
-    /// doorbell is registered with its reactor).
-    pub fn spawn(model: Arc<dyn Model>, cpu: usize, name: String) -> io::Result<Worker> {
-        let (shard_end, worker_end) = socketpair()?;
-        // SAFETY: `shard_end` is a fresh, owned, connected Unix stream socket.
-        let doorbell = unsafe { UnixStream::from_raw_fd(shard_end.into_raw_fd()) };
+    /// Starts a worker for `model`, pinned to `cpu`, that rings `doorbell` after each batch.
+    pub fn spawn(
+        model: Arc<dyn Model>,
+        cpu: usize,
+        name: String,
+        doorbell: Arc<Doorbell>,
+    ) -> io::Result<Worker> {
         let (jobs_tx, jobs_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
         let (done_tx, done_rx) = rtrb::RingBuffer::new(RING_CAPACITY);
         let stop = Arc::new(AtomicBool::new(false));
@@ -72,7 +72,7 @@ impl Worker {
                     batched,
                     jobs_rx,
                     done_tx,
-                    worker_end,
+                    &doorbell,
                     &thread_stop,
                 )
             });
@@ -86,8 +86,7 @@ impl Worker {
         Ok(Worker {
             jobs: jobs_tx,
             done: done_rx,
-            thread: handle.thread().clone(),
-            doorbell,
+            thread: handle,
             stop,
         })
     }
@@ -97,7 +96,7 @@ impl Worker {
         if self.jobs.push(job).is_err() {
             unreachable!("one job in flight at most, and the ring holds {RING_CAPACITY}");
         }
-        self.thread.unpark();
+        self.thread.thread().unpark();
     }
 
     /// A finished batch, if there is one.
@@ -105,11 +104,9 @@ impl Worker {
         self.done.pop().ok()
     }
 
-    /// Waits until the worker rings the doorbell (it may already have). Returns false if the
-    /// worker thread is gone (its end of the doorbell closed).
-    pub async fn doorbell(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(self.doorbell.read(&mut buf).await, Ok(n) if n > 0)
+    /// Whether the worker thread still runs.
+    pub fn is_alive(&self) -> bool {
+        !self.thread.is_finished()
     }
 }
 
@@ -117,7 +114,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // Release: the worker's Acquire load sees the flag after its next wake-up.
         self.stop.store(true, Ordering::Release);
-        self.thread.unpark();
+        self.thread.thread().unpark();
     }
 }
 
@@ -126,7 +123,7 @@ fn run(
     batched: bool,
     mut jobs: rtrb::Consumer<Job>,
     mut done: rtrb::Producer<JobDone>,
-    doorbell: OwnedFd,
+    doorbell: &Doorbell,
     stop: &AtomicBool,
 ) {
     loop {
@@ -145,16 +142,7 @@ fn run(
                 {
                     unreachable!("one job in flight at most");
                 }
-                // SAFETY: a one-byte send on a socket we own. A full socket buffer (EAGAIN)
-                // means the shard has unread wake-ups already, which is as good.
-                unsafe {
-                    libc::send(
-                        doorbell.as_raw_fd(),
-                        [1u8].as_ptr().cast(),
-                        1,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
+                doorbell.ring();
             }
             Err(_) => {
                 // Acquire: pairs with the Release store in Worker::drop.
@@ -178,22 +166,4 @@ fn pin_to(cpu: usize) {
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
-}
-
-fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: socketpair writes two descriptors into `fds` on success.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -18,6 +18,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     logs: std::sync::Mutex<mpsc::Receiver<String>>,
+    /// JSON log lines printed before the server listened.
+    startup: Vec<Value>,
 }
 
 impl Server {
@@ -28,20 +30,31 @@ impl Server {
 
     /// Starts `friday serve` with extra arguments.
     pub fn start_with(shards: usize, extra: &[&str]) -> Server {
+        Self::spawn(Self::command(shards, extra))
+    }
+
+    /// The command `start_with` runs: `friday serve` on 127.0.0.1, an ephemeral port, JSON logs.
+    /// The engine comes from `FRIDAY_ENGINE` when the environment sets it (CI runs the suite
+    /// once per engine).
+    pub fn command(shards: usize, extra: &[&str]) -> Command {
         let cpus = available_cpus();
         assert!(
             cpus >= shards,
             "this test needs {shards} CPUs in the affinity mask; the machine offers {cpus}"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_friday"))
-            .args(["serve", "--http-address", "127.0.0.1", "--http-port", "0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_friday"));
+        cmd.args(["serve", "--http-address", "127.0.0.1", "--http-port", "0"])
             .args(["--shards", &shards.to_string(), "--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the friday binary");
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    /// Spawns `cmd` (from [`Server::command`]) and waits until it listens.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("spawn the friday binary");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -52,6 +65,7 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut startup = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -67,11 +81,13 @@ impl Server {
             if v["message"] == "friday listening" {
                 break v["address"].as_str().unwrap().parse().unwrap();
             }
+            startup.push(v);
         };
         Server {
             child,
             addr,
             logs: std::sync::Mutex::new(rx),
+            startup,
         }
     }
 
@@ -102,7 +118,12 @@ impl Server {
         None
     }
 
-    /// Log lines printed so far (JSON objects).
+    /// Log lines printed before the server listened (JSON objects).
+    pub fn startup_logs(&self) -> &[Value] {
+        &self.startup
+    }
+
+    /// Log lines printed since the last call (JSON objects), from the time the server listened.
     pub fn logs(&self) -> Vec<Value> {
         self.logs
             .lock()

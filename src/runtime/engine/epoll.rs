@@ -1,0 +1,273 @@
+//! The epoll engine (mio), for hosts where io_uring is off: completion events emulated over
+//! readiness.
+//!
+//! Every socket is registered once, edge-triggered, for reading and writing, so no operation
+//! costs an `epoll_ctl`. A connection remembers whether its last readiness edge may still have
+//! bytes (or room) behind it: a receive is tried at once when it may, and otherwise waits for the
+//! next edge. A short read or write means the edge is used up (the kernel buffer was drained or
+//! filled), which saves the `EAGAIN` round trip nginx also saves.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::{syscall_result, Doorbell, Event};
+
+/// Token of the listening socket.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the shard's doorbell.
+const DOORBELL: Token = Token(usize::MAX - 2);
+/// Readiness events taken per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// Connections accepted per wait at most, so a connection storm cannot starve the shard's
+/// requests; the rest are accepted on the next turn.
+const ACCEPTS_PER_WAIT: usize = 128;
+
+/// A pending operation: buffer and length, valid until its event (the engine's contract).
+#[derive(Clone, Copy)]
+struct Op<P> {
+    buf: P,
+    len: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    fd: RawFd,
+    /// The last edge may still have bytes to read behind it.
+    readable: bool,
+    /// The last edge may still have room to write behind it.
+    writable: bool,
+    recv: Option<Op<*mut u8>>,
+    send: Option<Op<*const u8>>,
+}
+
+/// One shard's epoll engine.
+pub(crate) struct EpollEngine {
+    poll: Poll,
+    events: Events,
+    listener: RawFd,
+    accepting: bool,
+    /// The accept loop stopped at its per-turn cap: more may be waiting.
+    accept_backlog: bool,
+    doorbell: RawFd,
+    slots: Vec<Slot>,
+    /// Operations that completed when they were asked for.
+    done: Vec<Event>,
+    ready: Vec<(Token, bool, bool)>,
+}
+
+impl EpollEngine {
+    pub(crate) fn new(listener: RawFd, doorbell: RawFd) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&listener), LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&doorbell), DOORBELL, Interest::READABLE)?;
+        Ok(EpollEngine {
+            poll,
+            events: Events::with_capacity(EVENTS_PER_WAIT),
+            listener,
+            accepting: true,
+            accept_backlog: true,
+            doorbell,
+            slots: Vec::new(),
+            done: Vec::new(),
+            ready: Vec::new(),
+        })
+    }
+
+    pub(crate) fn add(&mut self, conn: usize, fd: RawFd) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(conn),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if self.slots.len() <= conn {
+            self.slots.resize_with(conn + 1, Slot::default);
+        }
+        self.slots[conn] = Slot {
+            fd,
+            readable: true,
+            writable: true,
+            recv: None,
+            send: None,
+        };
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, conn: usize, fd: RawFd) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let Some(slot) = self.slots.get_mut(conn) {
+            *slot = Slot::default();
+        }
+    }
+
+    /// # Safety
+    /// See [`super::Engine::recv`].
+    pub(crate) unsafe fn recv(&mut self, conn: usize, fd: RawFd, buf: *mut u8, len: usize) {
+        let slot = &mut self.slots[conn];
+        debug_assert_eq!(slot.fd, fd);
+        debug_assert!(slot.recv.is_none(), "one receive in flight per connection");
+        slot.recv = Some(Op { buf, len });
+        if slot.readable {
+            self.try_recv(conn);
+        }
+    }
+
+    /// # Safety
+    /// See [`super::Engine::send`].
+    pub(crate) unsafe fn send(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) {
+        let slot = &mut self.slots[conn];
+        debug_assert_eq!(slot.fd, fd);
+        debug_assert!(slot.send.is_none(), "one send in flight per connection");
+        slot.send = Some(Op { buf, len });
+        if slot.writable {
+            self.try_send(conn);
+        }
+    }
+
+    fn try_recv(&mut self, conn: usize) {
+        let slot = &mut self.slots[conn];
+        let Some(op) = slot.recv else { return };
+        let result = loop {
+            // SAFETY: the buffer is valid for `len` bytes until this operation's event (the
+            // engine's contract), and nothing else writes it meanwhile.
+            let r = unsafe { libc::recv(slot.fd, op.buf.cast(), op.len, 0) };
+            match syscall_result(r) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    slot.readable = false;
+                    return;
+                }
+                Ok(n) if n > 0 && n < op.len => {
+                    slot.readable = false;
+                    break Ok(n);
+                }
+                other => break other,
+            }
+        };
+        slot.recv = None;
+        self.done.push(Event::Received { conn, result });
+    }
+
+    fn try_send(&mut self, conn: usize) {
+        let slot = &mut self.slots[conn];
+        let Some(op) = slot.send else { return };
+        let result = loop {
+            // SAFETY: the buffer is valid and unchanged for `len` bytes until this operation's
+            // event (the engine's contract).
+            let r = unsafe { libc::send(slot.fd, op.buf.cast(), op.len, libc::MSG_NOSIGNAL) };
+            match syscall_result(r) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    slot.writable = false;
+                    return;
+                }
+                Ok(n) if n < op.len => {
+                    slot.writable = false;
+                    break Ok(n);
+                }
+                other => break other,
+            }
+        };
+        slot.send = None;
+        self.done.push(Event::Sent { conn, result });
+    }
+
+    pub(crate) fn stop_accepting(&mut self) {
+        if self.accepting {
+            self.accepting = false;
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&self.listener));
+        }
+    }
+
+    fn accept(&mut self, events: &mut Vec<Event>) {
+        self.accept_backlog = false;
+        for _ in 0..ACCEPTS_PER_WAIT {
+            // SAFETY: accept4 with null address pointers only returns a descriptor.
+            let fd = unsafe {
+                libc::accept4(
+                    self.listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: a new descriptor that nobody else owns.
+                events.push(Event::Accepted(Ok(unsafe { OwnedFd::from_raw_fd(fd) })));
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => return,
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                _ => {
+                    events.push(Event::Accepted(Err(e)));
+                    return;
+                }
+            }
+        }
+        self.accept_backlog = true;
+    }
+
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()> {
+        let busy = !self.done.is_empty() || (self.accepting && self.accept_backlog);
+        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        events.append(&mut self.done);
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token(),
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable() || e.is_write_closed() || e.is_error(),
+            )
+        }));
+        let mut accept = self.accepting && self.accept_backlog;
+        for &(token, readable, writable) in &ready {
+            match token {
+                LISTENER => accept = self.accepting,
+                DOORBELL => {
+                    Doorbell::clear(self.doorbell);
+                    events.push(Event::Doorbell);
+                }
+                Token(conn) => {
+                    // A connection removed earlier in this batch has an empty slot.
+                    let Some(slot) = self.slots.get_mut(conn) else {
+                        continue;
+                    };
+                    slot.readable |= readable;
+                    slot.writable |= writable;
+                    if readable {
+                        self.try_recv(conn);
+                    }
+                    if writable {
+                        self.try_send(conn);
+                    }
+                }
+            }
+        }
+        ready.clear();
+        self.ready = ready;
+        if accept {
+            self.accept(events);
+        }
+        events.append(&mut self.done);
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! The I/O engines: one io_uring ring per shard, or epoll (mio) where io_uring is unavailable,
+//! behind one completion-style boundary.
+//!
+//! The shard asks for operations on a connection (receive into this buffer, send these bytes)
+//! and later learns how each ended, as an [`Event`]. io_uring does exactly that; the epoll engine
+//! emulates it: it performs the syscall when the socket is ready (at once when readiness is known
+//! not to have been used up) and reports the result the same way. So the connection state machine
+//! ([`super::connection`]) is written once, and an engine is a few hundred lines that own a
+//! kernel interface and nothing else.
+//!
+//! The one rule both engines impose: **a buffer handed to [`Engine::recv`] or [`Engine::send`]
+//! stays where it is, untouched by anything but the kernel (receive) or unchanged (send), until
+//! its event arrives.** The connection keeps at most one receive and one send in flight, and
+//! never moves, grows or frees a buffer with an operation on it. To abandon a connection, shut
+//! its socket down ([`libc::shutdown`]): every operation on it then completes promptly.
+
+mod epoll;
+mod uring;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+pub(crate) use epoll::EpollEngine;
+pub(crate) use uring::UringEngine;
+
+use crate::config::EngineChoice;
+
+/// What the shard learns from its engine.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The listener accepted a connection (non-blocking, close-on-exec), or accepting failed.
+    Accepted(io::Result<OwnedFd>),
+    /// A receive on connection `conn` ended: bytes received (0 at end of stream), or the error.
+    Received {
+        /// The connection's key.
+        conn: usize,
+        /// Bytes received, or why not.
+        result: io::Result<usize>,
+    },
+    /// A send on connection `conn` ended: bytes sent (maybe fewer than asked), or the error.
+    Sent {
+        /// The connection's key.
+        conn: usize,
+        /// Bytes sent, or why not.
+        result: io::Result<usize>,
+    },
+    /// Someone rang the shard's doorbell (a worker finished, a peer or the control thread sent a
+    /// message).
+    Doorbell,
+}
+
+/// Which engine a shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// One io_uring ring per shard.
+    IoUring,
+    /// epoll through mio.
+    Epoll,
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::IoUring => "io_uring",
+            EngineKind::Epoll => "epoll",
+        })
+    }
+}
+
+/// The engine chosen for this process, and why.
+#[derive(Debug, Clone)]
+pub struct EngineSelection {
+    /// The engine every shard runs.
+    pub kind: EngineKind,
+    /// Why: the configured choice, or what the io_uring probe found.
+    pub reason: String,
+}
+
+/// Chooses the engine: the configured one, or with `auto` io_uring when a probe ring with every
+/// feature friday uses can be set up, epoll otherwise. Asking for io_uring where it cannot run is
+/// an error that says why.
+pub fn select(choice: EngineChoice) -> Result<EngineSelection, String> {
+    match (choice, uring::probe()) {
+        (EngineChoice::Epoll, _) => Ok(EngineSelection {
+            kind: EngineKind::Epoll,
+            reason: "configured (engine = \"epoll\")".into(),
+        }),
+        (EngineChoice::IoUring, Ok(())) => Ok(EngineSelection {
+            kind: EngineKind::IoUring,
+            reason: "configured (engine = \"io_uring\")".into(),
+        }),
+        (EngineChoice::IoUring, Err(why)) => Err(format!(
+            "engine io_uring was asked for but is unavailable: {why}; use --engine epoll (or \
+             auto, which falls back to epoll by itself)"
+        )),
+        (EngineChoice::Auto, Ok(())) => Ok(EngineSelection {
+            kind: EngineKind::IoUring,
+            reason: "io_uring is available".into(),
+        }),
+        (EngineChoice::Auto, Err(why)) => Ok(EngineSelection {
+            kind: EngineKind::Epoll,
+            reason: format!("io_uring is unavailable: {why}"),
+        }),
+    }
+}
+
+/// One shard's engine. An enum, not a trait object: the shard loop calls it per operation, and a
+/// `match` on two variants costs less than an indirect call and keeps both engines inlinable.
+pub(crate) enum Engine {
+    /// io_uring.
+    Uring(UringEngine),
+    /// epoll.
+    Epoll(EpollEngine),
+}
+
+impl Engine {
+    /// Creates the engine for a shard: `listener` is its listening socket, `doorbell` the eventfd
+    /// that wakes it.
+    pub(crate) fn new(kind: EngineKind, listener: RawFd, doorbell: RawFd) -> io::Result<Engine> {
+        Ok(match kind {
+            EngineKind::IoUring => Engine::Uring(UringEngine::new(listener, doorbell)?),
+            EngineKind::Epoll => Engine::Epoll(EpollEngine::new(listener, doorbell)?),
+        })
+    }
+
+    /// Starts watching a freshly accepted connection.
+    pub(crate) fn add(&mut self, conn: usize, fd: RawFd) -> io::Result<()> {
+        match self {
+            Engine::Uring(_) => Ok(()),
+            Engine::Epoll(e) => e.add(conn, fd),
+        }
+    }
+
+    /// Stops watching a connection whose operations have all ended (before its socket closes).
+    pub(crate) fn remove(&mut self, conn: usize, fd: RawFd) {
+        match self {
+            Engine::Uring(_) => {}
+            Engine::Epoll(e) => e.remove(conn, fd),
+        }
+    }
+
+    /// Receives into `buf[..len]`; an [`Event::Received`] follows.
+    ///
+    /// # Safety
+    /// `buf` must stay valid, unmoved and otherwise unwritten until that event arrives.
+    pub(crate) unsafe fn recv(&mut self, conn: usize, fd: RawFd, buf: *mut u8, len: usize) {
+        match self {
+            // SAFETY: forwarded contract.
+            Engine::Uring(e) => unsafe { e.recv(conn, fd, buf, len) },
+            // SAFETY: forwarded contract.
+            Engine::Epoll(e) => unsafe { e.recv(conn, fd, buf, len) },
+        }
+    }
+
+    /// Sends `buf[..len]`; an [`Event::Sent`] follows.
+    ///
+    /// # Safety
+    /// `buf` must stay valid, unmoved and unchanged until that event arrives.
+    pub(crate) unsafe fn send(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) {
+        match self {
+            // SAFETY: forwarded contract.
+            Engine::Uring(e) => unsafe { e.send(conn, fd, buf, len) },
+            // SAFETY: forwarded contract.
+            Engine::Epoll(e) => unsafe { e.send(conn, fd, buf, len) },
+        }
+    }
+
+    /// Stops accepting (the shard drains). The shard closes the listener afterwards.
+    pub(crate) fn stop_accepting(&mut self) {
+        match self {
+            Engine::Uring(e) => e.stop_accepting(),
+            Engine::Epoll(e) => e.stop_accepting(),
+        }
+    }
+
+    /// Submits what was asked and waits up to `timeout` (`None`: until something happens) for
+    /// events, which are appended to `events`.
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) -> io::Result<()> {
+        match self {
+            Engine::Uring(e) => e.wait(timeout, events),
+            Engine::Epoll(e) => e.wait(timeout, events),
+        }
+    }
+}
+
+/// The shard's doorbell: an eventfd that workers, peers and the control thread write to, and the
+/// shard's engine watches. Writing to it is the only cross-thread wake-up a shard has.
+#[derive(Debug)]
+pub struct Doorbell(OwnedFd);
+
+impl Doorbell {
+    /// A new, non-blocking doorbell.
+    pub fn new() -> io::Result<Doorbell> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Doorbell(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes the shard. Never blocks: a counter at its limit (EAGAIN) already means "wake up".
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 we own to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears pending rings (epoll engine; io_uring reads the counter itself).
+    pub(crate) fn clear(fd: RawFd) {
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a u64 we own; non-blocking.
+        unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+    }
+}
+
+impl AsRawFd for Doorbell {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Converts a negative io_uring result or a -1 syscall return into an error.
+pub(crate) fn syscall_result(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
