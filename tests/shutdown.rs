@@ -156,3 +156,21 @@ fn a_repeated_sigterm_does_not_cut_the_drain_short_but_a_second_sigint_does() {
         .expect("a second SIGINT exits at once");
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn the_port_is_free_the_moment_the_drain_ends() {
+    // A supervisor restarts friday on the same port right after it exits; nothing of the old
+    // process (not even an io_uring accept the kernel has yet to cancel) may still hold it.
+    for shards in [1, 2] {
+        let mut s = Server::start(shards);
+        assert_eq!(s.client().get("/v2/health/ready").status, 200);
+        // Let the shard see that connection end: the drain then finds nothing open and the
+        // process exits at once.
+        std::thread::sleep(Duration::from_millis(100));
+        s.signal(libc::SIGTERM);
+        let status = s.wait_exit(WAIT).expect("friday exits after the drain");
+        assert!(status.success(), "{status:?}");
+        let rebind = std::net::TcpListener::bind(s.addr);
+        assert!(rebind.is_ok(), "port still held after exit: {rebind:?}");
+    }
+}

@@ -447,8 +447,14 @@ impl Shard {
             );
             self.core.service.start_draining();
             self.engine.stop_accepting();
-            // Closing the listener refuses new connections from here on.
-            self.listener = None;
+            // Shutting the listener down takes it out of the listening state at once, so the
+            // port is free even while the kernel still holds the socket (an io_uring accept
+            // keeps a reference until its cancellation is processed, which a process exiting
+            // right after the drain leaves to the kernel's ring teardown); closing it refuses
+            // new connections from here on.
+            if let Some(listener) = self.listener.take() {
+                let _ = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Read);
+            }
             self.sweep(Instant::now());
         }
     }

@@ -261,7 +261,8 @@ impl UringEngine {
                         Ok(fd) => events.push(Event::Accepted(Ok(unsafe {
                             OwnedFd::from_raw_fd(fd as RawFd)
                         }))),
-                        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                        // Cancelled, or failing on the listener the drain shut down.
+                        Err(_) if !self.accepting => {}
                         Err(e) => events.push(Event::Accepted(Err(e))),
                     }
                 }
