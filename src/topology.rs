@@ -152,22 +152,26 @@ mod tests {
         let two = ShardsConfig {
             count: Some(2),
             cpus: None,
+            ..ShardsConfig::default()
         };
         assert_eq!(plan_shards(&two, &allowed).unwrap(), vec![0, 1]);
         let many = ShardsConfig {
             count: Some(5),
             cpus: None,
+            ..ShardsConfig::default()
         };
         let e = plan_shards(&many, &allowed).unwrap_err().0;
         assert!(e.contains("lower --shards"), "{e}");
         let listed = ShardsConfig {
             count: None,
             cpus: Some("1,3".into()),
+            ..ShardsConfig::default()
         };
         assert_eq!(plan_shards(&listed, &allowed).unwrap(), vec![1, 3]);
         let outside = ShardsConfig {
             count: None,
             cpus: Some("7".into()),
+            ..ShardsConfig::default()
         };
         assert!(plan_shards(&outside, &allowed)
             .unwrap_err()

@@ -184,6 +184,11 @@ impl Batcher {
             && self.queue.config().max_queue_delay.is_zero()
     }
 
+    /// Whether its worker thread is computing a batch.
+    pub(crate) fn worker_busy(&self) -> bool {
+        self.worker.is_some() && self.in_flight.is_some()
+    }
+
     /// Whether [`Batcher::poll`] has work now (as opposed to at [`Batcher::wake_at`]).
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty

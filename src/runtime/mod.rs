@@ -71,6 +71,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
             http: config.http.clone(),
             inbox,
             peers: peers.clone(),
+            busy_poll_us: config.shards.busy_poll_us,
             started: started_tx.clone(),
         };
         let thread = std::thread::Builder::new()

@@ -6,7 +6,9 @@
 //! turn:
 //!
 //! 1. compute how long it may sleep: until the next housekeeping tick, a batcher's wake-up time,
-//!    a gather's deadline or the drain deadline, or not at all if a batcher has work now;
+//!    a gather's deadline or the drain deadline, or not at all if a batcher has work now or the
+//!    last activity was less than `shards.busy_poll_us` ago (busy polling: a sleeping CPU takes
+//!    tens of microseconds to wake);
 //! 2. submit what the last turn asked for and wait, in one engine call (one `io_uring_enter`);
 //! 3. act on each event: accept, feed a receive or a send to its connection, or read the inboxes
 //!    when the doorbell rang;
@@ -74,6 +76,8 @@ pub(crate) struct ShardSetup {
     pub http: HttpConfig,
     /// Its doorbell and inboxes.
     pub inbox: Inbox,
+    /// How long to poll for more work after activity before sleeping.
+    pub busy_poll_us: u64,
     /// Every shard's mesh mailbox, by shard id.
     pub peers: Vec<Mailbox>,
     /// Reports `Ok(id)` once serving, or why the shard could not start.
@@ -151,6 +155,10 @@ struct Shard {
     idle_timeout: Duration,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
+    /// `shards.busy_poll_us`.
+    busy_poll: Duration,
+    /// The loop polls instead of sleeping until then (the last activity plus `busy_poll`).
+    spin_until: Instant,
 }
 
 /// Runs a shard on the current thread until it has drained. Blocks.
@@ -182,6 +190,7 @@ impl Shard {
             http,
             inbox,
             peers,
+            busy_poll_us,
             started: _,
         } = setup;
         let listener: OwnedFd = listener.into();
@@ -229,6 +238,8 @@ impl Shard {
             idle_timeout: http.idle_timeout(),
             drain_deadline: None,
             events: Vec::with_capacity(256),
+            busy_poll: Duration::from_micros(busy_poll_us),
+            spin_until: Instant::now(),
         })
     }
 
@@ -250,19 +261,26 @@ impl Shard {
                     break;
                 }
             }
-            let timeout = self.timeout(now, next_tick);
+            let mut timeout = self.timeout(now, next_tick);
+            if now < self.spin_until && !self.worker_running() {
+                timeout = Duration::ZERO;
+            }
             let mut events = std::mem::take(&mut self.events);
             if let Err(e) = self.engine.wait(Some(timeout), &mut events) {
                 // The engine itself failed (not an operation): a shard that cannot do I/O is
                 // a bug or a broken host; exit so a supervisor restarts the process.
                 panic!("shard {}: the engine failed: {e}", self.core.id);
             }
+            let active = !events.is_empty();
             for event in events.drain(..) {
                 self.on_event(event);
             }
             self.events = events;
             self.run_batchers();
             let now = Instant::now();
+            if active {
+                self.spin_until = now + self.busy_poll;
+            }
             if now >= next_tick {
                 self.housekeeping(now);
                 next_tick = now + HOUSEKEEPING_TICK;
@@ -275,6 +293,12 @@ impl Shard {
             buffers_reused = reused,
             "shard drained"
         );
+    }
+
+    /// Whether a worker on this shard's CPU computes a batch: it runs only while the shard sleeps
+    /// (`SCHED_IDLE`), so the shard must not poll then.
+    fn worker_running(&self) -> bool {
+        self.core.batchers.iter().any(Batcher::worker_busy)
     }
 
     /// How long the next wait may sleep.
