@@ -287,3 +287,28 @@ fn closed_loop_concurrency_is_exact_across_threads() {
     );
     assert_eq!(r["config"]["connections"], 1);
 }
+
+#[test]
+fn http_get_mode_loads_a_plain_path() {
+    let s = Server::start(1);
+    let out_json = tmp("get.json");
+    let (code, out, err) = bench(&format!(
+        "--url {} --http-get /v2/health/ready --concurrency 2 --duration 1s --warmup 200ms --json {}",
+        s.url(),
+        out_json.to_str().unwrap()
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("GET /v2/health/ready"), "{out}");
+    let r = read_json(&out_json);
+    check_plausible(&r, 1.0, 2.0);
+    // A path that does not exist shows up as errors, not as successes.
+    let (code, out, err) = bench(&format!(
+        "--url {} --http-get /nowhere --concurrency 1 --duration 500ms --warmup 0s",
+        s.url()
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("http_404"), "{out}");
+    let (code, _, err) = bench(&format!("--url {} --http-get nope", s.url()));
+    assert_ne!(code, 0);
+    assert!(err.contains("absolute path"), "{err}");
+}

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Model to infer with [default: identity]
     #[arg(long, default_value = "identity")]
     pub model: String,
+    /// Plain HTTP instead of inference: GET this path (e.g. /v2/health/ready), so the same
+    /// client can calibrate against any HTTP server (nginx) in the same run
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["shapes", "input_data", "model_version", "datatype"])]
+    pub http_get: Option<String>,
     /// Model version to put in the URL [default: none, the server's choice]
     #[arg(long, value_name = "V")]
     pub model_version: Option<String>,
@@ -199,16 +203,9 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     }
 }
 
-fn run(args: &BenchArgs) -> Result<(), String> {
-    if !args.compare.is_empty() {
-        return compare(args);
-    }
-    let url = args
-        .url
-        .as_deref()
-        .ok_or("--url is required (or --compare files)")?;
-    let (addr, host) = resolve(url)?;
-    let spec = WorkloadSpec {
+/// What `--model`, `--shape` and the other inference flags ask for.
+fn workload_spec(args: &BenchArgs) -> Result<WorkloadSpec, String> {
+    Ok(WorkloadSpec {
         model: args.model.clone(),
         version: args.model_version.clone(),
         shapes: args
@@ -237,8 +234,22 @@ fn run(args: &BenchArgs) -> Result<(), String> {
         },
         encoding: args.encoding,
         seed: args.seed,
+    })
+}
+
+fn run(args: &BenchArgs) -> Result<(), String> {
+    if !args.compare.is_empty() {
+        return compare(args);
+    }
+    let url = args
+        .url
+        .as_deref()
+        .ok_or("--url is required (or --compare files)")?;
+    let (addr, host) = resolve(url)?;
+    let workload = match &args.http_get {
+        Some(path) => workload::http_get(path, &host)?,
+        None => workload::prepare(&workload_spec(args)?, addr, &host)?,
     };
-    let workload = workload::prepare(&spec, addr, &host)?;
     let cpus = match &args.cpus {
         Some(list) => crate::topology::parse_cpu_list(list).map_err(|e| format!("--cpus: {e}"))?,
         None => Vec::new(),

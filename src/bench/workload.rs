@@ -82,6 +82,19 @@ pub fn parse_shape(arg: &str) -> Result<(String, Vec<usize>), String> {
     Ok((name.to_string(), dims))
 }
 
+/// A plain `GET path` workload (`--http-get`): no model, any HTTP server.
+pub fn http_get(path: &str, host: &str) -> Result<Workload, String> {
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "--http-get {path}: write an absolute path without spaces, e.g. /v2/health/ready"
+        ));
+    }
+    Ok(Workload {
+        requests: vec![format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()],
+        description: format!("GET {path}"),
+    })
+}
+
 /// Builds the workload against the server at `addr` (`host` goes in the Host header).
 pub fn prepare(spec: &WorkloadSpec, addr: SocketAddr, host: &str) -> Result<Workload, String> {
     let base = match &spec.version {
