@@ -93,8 +93,11 @@ fn req() -> impl Strategy<Value = Req> {
         })
 }
 
+/// Status, headers and body of a response.
+type Comparable = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// A response with the `Date` header dropped: everything else must match.
-fn comparable(r: &Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
+fn comparable(r: &Response) -> Comparable {
     let headers = r
         .headers
         .iter()
@@ -105,7 +108,7 @@ fn comparable(r: &Response) -> (u16, Vec<(String, String)>, Vec<u8>) {
 }
 
 /// Sends every request pipelined in one write, then reads every response.
-fn pipelined(server: &Server, reqs: &[Req]) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+fn pipelined(server: &Server, reqs: &[Req]) -> Vec<Comparable> {
     let mut c = server.client();
     let all: Vec<u8> = reqs.iter().flat_map(Req::bytes).collect();
     c.send(&all);
