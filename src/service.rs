@@ -12,8 +12,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde_json::json;
-
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{InferenceHeader, Method, Responder, JSON};
 use crate::metrics::{self, Outcome, ShardMetrics, ShardMetricsSnapshot};
@@ -272,11 +270,12 @@ impl ShardService {
             ));
         }
         match route {
-            Route::HealthLive => resp.json(200, &json!({ "live": true })),
-            Route::HealthReady => {
-                let ready = !self.is_draining();
-                resp.json(if ready { 200 } else { 503 }, &json!({ "ready": ready }));
+            // Constant bodies: a health probe allocates nothing.
+            Route::HealthLive => resp.bytes(200, JSON, br#"{"live":true}"#),
+            Route::HealthReady if self.is_draining() => {
+                resp.bytes(503, JSON, br#"{"ready":false}"#)
             }
+            Route::HealthReady => resp.bytes(200, JSON, br#"{"ready":true}"#),
             Route::ServerMetadata => resp.bytes(200, JSON, &self.state.server_metadata),
             Route::AllStats => return Ok(Action::Gather(Gather::Stats { only: None })),
             Route::Metrics => return Ok(Action::Gather(Gather::Metrics)),

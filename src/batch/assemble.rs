@@ -77,6 +77,9 @@ struct OutputTensor {
     data: OutputData,
 }
 
+/// One request's batch size, and per output the byte range of its rows.
+type RequestRows = (usize, SmallVec<[Range<usize>; 2]>);
+
 /// A batch after the model ran: its inputs, its outputs, and each request's rows. `'i` is the
 /// inputs' lifetime: `'static` for queued requests (pooled buffers), shorter for the idle fast
 /// path, which runs a request on the bytes it arrived in.
@@ -84,8 +87,9 @@ struct OutputTensor {
 pub struct BatchResult<'i> {
     inputs: SmallVec<[Tensor<'i>; 2]>,
     outputs: SmallVec<[OutputTensor; 2]>,
-    /// Per request: its batch size, and per output the byte range of its rows.
-    rows: Vec<(usize, SmallVec<[Range<usize>; 2]>)>,
+    /// Per request: its batch size, and per output the byte range of its rows. Inline for a
+    /// batch of one (the idle fast path allocates nothing here).
+    rows: SmallVec<[RequestRows; 1]>,
 }
 
 /// Runs `model` on the joined `inputs` of requests whose batch sizes are `sizes` (in order).
@@ -109,7 +113,7 @@ pub fn run<'i>(
     let mut result = BatchResult {
         inputs,
         outputs,
-        rows: Vec::with_capacity(sizes.len()),
+        rows: SmallVec::new(),
     };
     result.split(sizes, batched)?;
     Ok(result)
@@ -154,7 +158,8 @@ impl<'i> BatchResult<'i> {
     /// Splits every output into each request's rows.
     fn split(&mut self, sizes: &[usize], batched: bool) -> Result<(), String> {
         let total: usize = sizes.iter().sum();
-        let mut per_request: Vec<SmallVec<[Range<usize>; 2]>> = vec![SmallVec::new(); sizes.len()];
+        let mut per_request: SmallVec<[SmallVec<[Range<usize>; 2]>; 1]> =
+            SmallVec::from_elem(SmallVec::new(), sizes.len());
         for o in 0..self.outputs.len() {
             let t = &self.outputs[o];
             let data = self.bytes(o);
