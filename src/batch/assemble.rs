@@ -340,7 +340,7 @@ mod tests {
         let mut r = BatchResult {
             inputs: SmallVec::new(),
             outputs: smallvec![out],
-            rows: Vec::new(),
+            rows: SmallVec::new(),
         };
         r.split(&[2, 1], true).unwrap();
         assert_eq!(&r.view(0)[0].data[..], &bytes(&["a", "bc"])[..]);
@@ -357,7 +357,7 @@ mod tests {
         let mut r = BatchResult {
             inputs: SmallVec::new(),
             outputs: smallvec![out],
-            rows: Vec::new(),
+            rows: SmallVec::new(),
         };
         assert!(r.split(&[1, 2], true).is_err());
     }
