@@ -131,3 +131,61 @@ fn asking_for_io_uring_where_it_is_refused_names_the_fix() {
     assert!(err.contains("seccomp"), "{err}");
     assert!(err.contains("--engine epoll"), "{err}");
 }
+
+/// CPU seconds the process has used (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // Fields after the command: state is [0], utime [11], stime [12], in clock ticks.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf takes no pointers.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn running_out_of_descriptors_neither_spins_nor_stops_accepting() {
+    for engine in ["io_uring", "epoll"] {
+        let mut cmd = Server::command(1, &["--engine", engine]);
+        // SAFETY: setrlimit with a struct we own is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 48,
+                    rlim_max: 48,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let s = Server::spawn(cmd);
+        let mut first = s.client();
+        assert_eq!(first.get("/v2/health/ready").status, 200);
+        // More connections than the server has descriptors: the rest wait in the backlog while
+        // accepting fails with EMFILE.
+        let crowd: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let before = cpu_seconds(s.pid());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let used = cpu_seconds(s.pid()) - before;
+        assert!(
+            used < 0.5,
+            "{engine}: {used:.2} CPU seconds in one second of EMFILE"
+        );
+        // Connections it has keep being served.
+        assert_eq!(first.get("/v2/health/live").status, 200, "{engine}");
+        // Once descriptors are free again, new connections are accepted and served.
+        drop(crowd);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut late = s.client();
+        assert_eq!(late.get("/v2/health/ready").status, 200, "{engine}");
+    }
+}

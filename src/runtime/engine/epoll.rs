@@ -9,7 +9,7 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -25,6 +25,10 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// Connections accepted per wait at most, so a connection storm cannot starve the shard's
 /// requests; the rest are accepted on the next turn.
 const ACCEPTS_PER_WAIT: usize = 128;
+
+/// After accepting fails (out of file descriptors, say), how long before it is tried again: the
+/// listener is edge-triggered, so nothing else would retry it, and retrying at once would spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A pending operation: buffer and length, valid until its event (the engine's contract).
 #[derive(Clone, Copy)]
@@ -52,6 +56,8 @@ pub(crate) struct EpollEngine {
     accepting: bool,
     /// The accept loop stopped at its per-turn cap: more may be waiting.
     accept_backlog: bool,
+    /// Accepting failed: try again from then on.
+    accept_retry_at: Option<Instant>,
     doorbell: RawFd,
     slots: Vec<Slot>,
     /// Operations that completed when they were asked for.
@@ -72,6 +78,7 @@ impl EpollEngine {
             listener,
             accepting: true,
             accept_backlog: true,
+            accept_retry_at: None,
             doorbell,
             slots: Vec::new(),
             done: Vec::new(),
@@ -209,6 +216,7 @@ impl EpollEngine {
                 io::ErrorKind::WouldBlock => return,
                 io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                 _ => {
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_ERROR_BACKOFF);
                     events.push(Event::Accepted(Err(e)));
                     return;
                 }
@@ -238,7 +246,11 @@ impl EpollEngine {
                 e.is_writable() || e.is_write_closed() || e.is_error(),
             )
         }));
-        let mut accept = self.accepting && self.accept_backlog;
+        let retry = self.accept_retry_at.is_some_and(|at| Instant::now() >= at);
+        if retry {
+            self.accept_retry_at = None;
+        }
+        let mut accept = self.accepting && (self.accept_backlog || retry);
         for &(token, readable, writable) in &ready {
             match token {
                 LISTENER => accept = self.accepting,

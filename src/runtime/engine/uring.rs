@@ -11,12 +11,15 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use super::Event;
 
+/// After the multishot accept ends on an error (out of file descriptors, say), how long before it
+/// is armed again, so a persistent error cannot spin the shard.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// Submission ring entries; the completion ring is twice as large, and the kernel keeps any
 /// overflow (`FEAT_NODROP`), so this bounds batching, not connections.
 const RING_ENTRIES: u32 = 1024;
@@ -114,6 +117,8 @@ pub(crate) struct UringEngine {
     accepting: bool,
     /// The multishot accept is on the ring (it ends on an error, or when cancelled).
     accept_armed: bool,
+    /// The accept ended on an error: arm it again from then on.
+    accept_retry_at: Option<Instant>,
     doorbell: RawFd,
     /// Where the kernel reads the doorbell's counter into; boxed so it never moves.
     doorbell_buf: Box<u64>,
@@ -128,6 +133,7 @@ impl UringEngine {
             listener,
             accepting: true,
             accept_armed: false,
+            accept_retry_at: None,
             doorbell,
             doorbell_buf: Box::new(0),
             failed: Vec::new(),
@@ -235,6 +241,12 @@ impl UringEngine {
             Some(Duration::ZERO)
         };
         events.append(&mut self.failed);
+        if let Some(at) = self.accept_retry_at {
+            if self.accepting && Instant::now() >= at {
+                self.accept_retry_at = None;
+                self.arm_accept()?;
+            }
+        }
         if timeout == Some(Duration::ZERO) && self.idle() {
             // A poll with nothing to submit and nothing completed: answer without a syscall, so a
             // shard that spins for more work (busy polling) costs no kernel entry per turn.
@@ -259,6 +271,7 @@ impl UringEngine {
         }
         let mut rearm_doorbell = false;
         let mut accept_ended = false;
+        let mut accept_failed = false;
         for cqe in self.ring.completion() {
             let data = cqe.user_data();
             let conn = (data & ((1 << KIND_SHIFT) - 1)) as usize;
@@ -280,7 +293,10 @@ impl UringEngine {
                         }))),
                         // Cancelled, or failing on the listener the drain shut down.
                         Err(_) if !self.accepting => {}
-                        Err(e) => events.push(Event::Accepted(Err(e))),
+                        Err(e) => {
+                            accept_failed = true;
+                            events.push(Event::Accepted(Err(e)));
+                        }
                     }
                 }
                 RECV => events.push(Event::Received {
@@ -300,7 +316,9 @@ impl UringEngine {
         }
         if accept_ended {
             self.accept_armed = false;
-            if self.accepting {
+            if self.accepting && accept_failed {
+                self.accept_retry_at = Some(Instant::now() + ACCEPT_ERROR_BACKOFF);
+            } else if self.accepting {
                 self.arm_accept()?;
             }
         }
