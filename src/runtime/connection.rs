@@ -339,13 +339,7 @@ impl Connection {
                 self.read.end += n;
                 self.received = Instant::now();
             }
-            (Life::Open, _) if self.parked.is_some() => {
-                // The client closed its side while its request waits: the batcher drops the
-                // request if it has not run yet; otherwise the answer still goes out.
-                self.eof = true;
-                self.gone = true;
-                core.client_gone();
-            }
+            (Life::Open, _) if self.parked.is_some() => self.left_while_parked(core),
             (Life::Open, _) => self.close_after = Some(Close::Client),
             (Life::Linger, Ok(n)) if n > 0 && self.lingered + n <= LINGER_MAX_BYTES => {
                 self.lingered += n;
@@ -386,15 +380,22 @@ impl Connection {
                 self.write.clear();
                 self.sent = 0;
                 if self.parked.is_some() {
-                    self.eof = true;
-                    self.gone = true;
-                    core.client_gone();
+                    self.left_while_parked(core);
                 } else {
                     self.life = Life::Closing;
                 }
             }
         }
         self.advance(key, core, engine);
+    }
+
+    /// The client closed its side (or the socket failed) while its request waits: the batcher
+    /// drops the request if it has not run yet; otherwise the answer is still written, and the
+    /// connection closes after it.
+    fn left_while_parked(&mut self, core: &mut Core) {
+        self.eof = true;
+        self.gone = true;
+        core.client_gone();
     }
 
     /// The outcome a parked request waited for is ready.
