@@ -182,3 +182,58 @@ fn large_binary_body_grows_the_buffer_and_comes_back_intact() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_client_that_pipelines_then_half_closes_gets_every_answer() {
+    // Enough requests that their responses pass the connection's flush threshold (64 KiB), so
+    // decoding pauses with requests still buffered when the end of stream is already queued.
+    const N: usize = 400;
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let mut c = server.client();
+        let one = request_bytes("GET", "/v2/models/identity/config", &[], b"");
+        let all: Vec<u8> = (0..N).flat_map(|_| one.iter().copied()).collect();
+        c.send(&all);
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        for i in 0..N {
+            let r = c.read_response();
+            assert_eq!(r.status, 200, "response {i}");
+        }
+        assert!(
+            c.is_closed(Duration::from_secs(2)),
+            "then the server closes"
+        );
+    }
+}
+
+#[test]
+fn a_request_and_its_end_of_stream_that_arrive_together_close_promptly() {
+    // While an inline batch holds the shard for 300 ms, a second client sends a request and
+    // half-closes: the shard finds the bytes and the end of stream waiting together. It must
+    // answer and then close at once, not hold the connection until the idle timeout.
+    let cfg = config_file(
+        "eof-with-data",
+        "[models.synthetic]\nplacement = \"inline\"\ncost_per_batch_us = 300000\ncost_per_item_us = 0\n",
+    );
+    let server = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    // Accepted and idle before the shard gets busy.
+    let mut c = server.client();
+    assert_eq!(c.get("/v2/health/live").status, 200);
+    let mut busy = server.client();
+    let body = json!({"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1.0]}]});
+    busy.send(&request_bytes(
+        "POST",
+        "/v2/models/synthetic/infer",
+        &[],
+        body.to_string().as_bytes(),
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&request_bytes("GET", "/v2/health/ready", &[], b""));
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(busy.read_response().status, 200);
+    assert_eq!(c.read_response().status, 200);
+    assert!(
+        c.is_closed(Duration::from_secs(2)),
+        "closed after the answer, not after the idle timeout"
+    );
+}

@@ -219,8 +219,11 @@ pub(crate) struct Connection {
     /// Close once the responses written so far are sent.
     close_after: Option<Close>,
     life: Life,
-    /// The client closed its side while a request was parked.
+    /// The client closed its side: no more bytes will come.
     eof: bool,
+    /// Decoding stopped with complete requests possibly still buffered (too much output waited,
+    /// or a request parked): read nothing more until they are answered.
+    backlog: bool,
     lingered: usize,
     phase: Phase,
     since: Instant,
@@ -251,6 +254,7 @@ impl Connection {
             close_after: None,
             life: Life::Open,
             eof: false,
+            backlog: false,
             lingered: 0,
             phase: Phase::Idle,
             since: now,
@@ -340,7 +344,10 @@ impl Connection {
                 self.received = Instant::now();
             }
             (Life::Open, _) if self.parked.is_some() => self.left_while_parked(core),
-            (Life::Open, _) => self.close_after = Some(Close::Client),
+            // End of stream: answer every request already buffered, then close (`process`
+            // closes at the first incomplete request once `eof` is set).
+            (Life::Open, Ok(_)) => self.eof = true,
+            (Life::Open, Err(_)) => self.close_after = Some(Close::Client),
             (Life::Linger, Ok(n)) if n > 0 && self.lingered + n <= LINGER_MAX_BYTES => {
                 self.lingered += n;
                 self.read.start = 0;
@@ -447,9 +454,6 @@ impl Connection {
             }
         });
         self.after_answer(&answered, keep_alive);
-        if self.eof && self.close_after.is_none() {
-            self.close_after = Some(Close::Client);
-        }
         self.advance(key, core, engine);
     }
 
@@ -497,6 +501,7 @@ impl Connection {
         let wants_bytes = self.parked.is_none()
             && self.close_after.is_none()
             && !self.eof
+            && !self.backlog
             && self.write.len() < FLUSH_THRESHOLD_BYTES;
         if wants_bytes && !self.recv_in_flight {
             self.read.make_room(self.need);
@@ -553,6 +558,9 @@ impl Connection {
     /// Answers every complete request already buffered, until one parks, one closes the
     /// connection, or enough output waits.
     fn process(&mut self, key: usize, core: &mut Core) {
+        // Complete requests may be left in the buffer when this stops for output or a park; no
+        // bytes are read ahead of them until they are answered.
+        self.backlog = true;
         while self.parked.is_none()
             && self.close_after.is_none()
             && self.write.len() < FLUSH_THRESHOLD_BYTES
@@ -568,10 +576,14 @@ impl Connection {
                     send_continue,
                     need,
                 })) => {
-                    if send_continue {
+                    self.need = need;
+                    self.backlog = false;
+                    if self.eof {
+                        // No more bytes will come: this request can never complete.
+                        self.close_after = Some(Close::Client);
+                    } else if send_continue {
                         self.write.extend_from_slice(CONTINUE_100);
                     }
-                    self.need = need;
                     return;
                 }
                 Ok(Err(e)) => {

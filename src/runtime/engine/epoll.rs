@@ -44,6 +44,9 @@ struct Slot {
     readable: bool,
     /// The last edge may still have room to write behind it.
     writable: bool,
+    /// The peer closed its side (or the socket failed): end of stream is pending behind whatever
+    /// data is left, so a short read does not use the edge up.
+    read_closed: bool,
     recv: Option<Op<*mut u8>>,
     send: Option<Op<*const u8>>,
 }
@@ -62,7 +65,8 @@ pub(crate) struct EpollEngine {
     slots: Vec<Slot>,
     /// Operations that completed when they were asked for.
     done: Vec<Event>,
-    ready: Vec<(Token, bool, bool)>,
+    /// (token, readable, writable, read side closed) per event of the last wait.
+    ready: Vec<(Token, bool, bool, bool)>,
 }
 
 impl EpollEngine {
@@ -99,6 +103,7 @@ impl EpollEngine {
             fd,
             readable: true,
             writable: true,
+            read_closed: false,
             recv: None,
             send: None,
         };
@@ -150,7 +155,9 @@ impl EpollEngine {
                     return;
                 }
                 Ok(n) if n > 0 && n < op.len => {
-                    slot.readable = false;
+                    // Data and a FIN can share one edge: then the end of stream is still to be
+                    // read, and no new edge will announce it.
+                    slot.readable = slot.read_closed;
                     break Ok(n);
                 }
                 other => break other,
@@ -244,6 +251,7 @@ impl EpollEngine {
                 e.token(),
                 e.is_readable() || e.is_read_closed() || e.is_error(),
                 e.is_writable() || e.is_write_closed() || e.is_error(),
+                e.is_read_closed() || e.is_error(),
             )
         }));
         let retry = self.accept_retry_at.is_some_and(|at| Instant::now() >= at);
@@ -251,7 +259,7 @@ impl EpollEngine {
             self.accept_retry_at = None;
         }
         let mut accept = self.accepting && (self.accept_backlog || retry);
-        for &(token, readable, writable) in &ready {
+        for &(token, readable, writable, read_closed) in &ready {
             match token {
                 LISTENER => accept = self.accepting,
                 DOORBELL => {
@@ -265,6 +273,7 @@ impl EpollEngine {
                     };
                     slot.readable |= readable;
                     slot.writable |= writable;
+                    slot.read_closed |= read_closed;
                     if readable {
                         self.try_recv(conn);
                     }
