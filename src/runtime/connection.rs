@@ -227,8 +227,10 @@ pub(crate) struct Connection {
     lingered: usize,
     phase: Phase,
     since: Instant,
-    /// The sweep shut the socket down (timeout or drain); it is not the client leaving.
-    shut: bool,
+    /// Our own shutdowns so far (`SHUT_RD`, `SHUT_WR` or `SHUT_RDWR` for the sweep, the drain
+    /// or a close): what the socket then reports is not the client leaving.
+    shut_read: bool,
+    shut_write: bool,
     /// The client hung up while a request was parked.
     gone: bool,
 }
@@ -258,7 +260,8 @@ impl Connection {
             lingered: 0,
             phase: Phase::Idle,
             since: now,
-            shut: false,
+            shut_read: false,
+            shut_write: false,
             gone: false,
         }
     }
@@ -273,9 +276,15 @@ impl Connection {
         (self.phase, self.since)
     }
 
-    /// Whether the sweep already shut it down.
+    /// Whether its read side is shut (by the drain, a timeout or a close): its receive ends, and
+    /// a hang-up seen on it may be our own doing.
+    pub(crate) fn is_read_shut(&self) -> bool {
+        self.shut_read
+    }
+
+    /// Whether both sides are shut: nothing more to do to it.
     pub(crate) fn is_shut(&self) -> bool {
-        self.shut
+        self.shut_read && self.shut_write
     }
 
     /// Whether its client hung up while a request was parked.
@@ -292,7 +301,8 @@ impl Connection {
     pub(crate) fn shut_down(&mut self, how: i32) {
         // SAFETY: shutdown on a socket this connection owns; no memory is involved.
         unsafe { libc::shutdown(self.fd.as_raw_fd(), how) };
-        self.shut = true;
+        self.shut_read |= how != libc::SHUT_WR;
+        self.shut_write |= how != libc::SHUT_RD;
     }
 
     /// Whether it has ended: closing, with no operation in flight. The shard then frees it.
@@ -471,9 +481,7 @@ impl Connection {
             match self.close_after {
                 Some(Close::Client) => self.life = Life::Closing,
                 Some(Close::Server) => {
-                    // SAFETY: shutdown on a socket this connection owns. Not `shut_down`: the
-                    // sweep must still be able to end the linger.
-                    unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+                    self.shut_down(libc::SHUT_WR);
                     self.life = Life::Linger;
                     self.phase = Phase::Linger;
                     self.since = Instant::now();
@@ -483,7 +491,7 @@ impl Connection {
         }
         match self.life {
             Life::Closing => {
-                if self.has_io_in_flight() && !self.shut {
+                if self.has_io_in_flight() && !self.is_shut() {
                     self.shut_down(libc::SHUT_RDWR);
                 }
                 return;

@@ -503,8 +503,9 @@ impl Shard {
             let how = match phase {
                 // Drain closes idle connections by their read side: a request already on its
                 // way is still read and answered (with `Connection: close`), then the
-                // connection ends.
-                Phase::Idle if draining => Some(libc::SHUT_RD),
+                // connection ends. One that then stalls is timed out below like any other.
+                Phase::Idle if draining && !c.is_read_shut() => Some(libc::SHUT_RD),
+                Phase::Idle if draining => None,
                 Phase::Idle | Phase::Body | Phase::Write if age > self.idle_timeout => {
                     timed_out += 1;
                     Some(libc::SHUT_RDWR)
@@ -538,7 +539,7 @@ impl Shard {
             .iter()
             // A socket whose read side we shut ourselves (drain) reports POLLRDHUP too: that is
             // not its client leaving.
-            .filter(|(_, c)| c.phase().0 == Phase::Busy && !c.is_gone() && !c.is_shut())
+            .filter(|(_, c)| c.phase().0 == Phase::Busy && !c.is_gone() && !c.is_read_shut())
             .map(|(k, c)| {
                 (
                     k,
