@@ -29,7 +29,7 @@ use crate::config::EngineChoice;
 
 /// What the shard learns from its engine.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub enum Event {
     /// The listener accepted a connection (non-blocking, close-on-exec), or accepting failed.
     Accepted(io::Result<OwnedFd>),
     /// A receive on connection `conn` ended: bytes received (0 at end of stream), or the error.
@@ -106,38 +106,39 @@ pub fn select(choice: EngineChoice) -> Result<EngineSelection, String> {
     }
 }
 
-/// One shard's engine. An enum, not a trait object: the shard loop calls it per operation, and a
-/// `match` on two variants costs less than an indirect call and keeps both engines inlinable.
-pub(crate) enum Engine {
-    /// io_uring.
+/// One shard's engine. An enum inside, not a trait object: the shard loop calls it per operation,
+/// and a `match` on two variants costs less than an indirect call and keeps both engines
+/// inlinable. (Public so that `benches/engine.rs` measures this code, not a copy of it.)
+pub struct Engine(Inner);
+
+enum Inner {
     Uring(UringEngine),
-    /// epoll.
     Epoll(EpollEngine),
 }
 
 impl Engine {
     /// Creates the engine for a shard: `listener` is its listening socket, `doorbell` the eventfd
     /// that wakes it.
-    pub(crate) fn new(kind: EngineKind, listener: RawFd, doorbell: RawFd) -> io::Result<Engine> {
-        Ok(match kind {
-            EngineKind::IoUring => Engine::Uring(UringEngine::new(listener, doorbell)?),
-            EngineKind::Epoll => Engine::Epoll(EpollEngine::new(listener, doorbell)?),
-        })
+    pub fn new(kind: EngineKind, listener: RawFd, doorbell: RawFd) -> io::Result<Engine> {
+        Ok(Engine(match kind {
+            EngineKind::IoUring => Inner::Uring(UringEngine::new(listener, doorbell)?),
+            EngineKind::Epoll => Inner::Epoll(EpollEngine::new(listener, doorbell)?),
+        }))
     }
 
     /// Starts watching a freshly accepted connection.
-    pub(crate) fn add(&mut self, conn: usize, fd: RawFd) -> io::Result<()> {
-        match self {
-            Engine::Uring(_) => Ok(()),
-            Engine::Epoll(e) => e.add(conn, fd),
+    pub fn add(&mut self, conn: usize, fd: RawFd) -> io::Result<()> {
+        match &mut self.0 {
+            Inner::Uring(_) => Ok(()),
+            Inner::Epoll(e) => e.add(conn, fd),
         }
     }
 
     /// Stops watching a connection whose operations have all ended (before its socket closes).
-    pub(crate) fn remove(&mut self, conn: usize, fd: RawFd) {
-        match self {
-            Engine::Uring(_) => {}
-            Engine::Epoll(e) => e.remove(conn, fd),
+    pub fn remove(&mut self, conn: usize, fd: RawFd) {
+        match &mut self.0 {
+            Inner::Uring(_) => {}
+            Inner::Epoll(e) => e.remove(conn, fd),
         }
     }
 
@@ -145,12 +146,12 @@ impl Engine {
     ///
     /// # Safety
     /// `buf` must stay valid, unmoved and otherwise unwritten until that event arrives.
-    pub(crate) unsafe fn recv(&mut self, conn: usize, fd: RawFd, buf: *mut u8, len: usize) {
-        match self {
+    pub unsafe fn recv(&mut self, conn: usize, fd: RawFd, buf: *mut u8, len: usize) {
+        match &mut self.0 {
             // SAFETY: forwarded contract.
-            Engine::Uring(e) => unsafe { e.recv(conn, fd, buf, len) },
+            Inner::Uring(e) => unsafe { e.recv(conn, fd, buf, len) },
             // SAFETY: forwarded contract.
-            Engine::Epoll(e) => unsafe { e.recv(conn, fd, buf, len) },
+            Inner::Epoll(e) => unsafe { e.recv(conn, fd, buf, len) },
         }
     }
 
@@ -158,33 +159,29 @@ impl Engine {
     ///
     /// # Safety
     /// `buf` must stay valid, unmoved and unchanged until that event arrives.
-    pub(crate) unsafe fn send(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) {
-        match self {
+    pub unsafe fn send(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) {
+        match &mut self.0 {
             // SAFETY: forwarded contract.
-            Engine::Uring(e) => unsafe { e.send(conn, fd, buf, len) },
+            Inner::Uring(e) => unsafe { e.send(conn, fd, buf, len) },
             // SAFETY: forwarded contract.
-            Engine::Epoll(e) => unsafe { e.send(conn, fd, buf, len) },
+            Inner::Epoll(e) => unsafe { e.send(conn, fd, buf, len) },
         }
     }
 
     /// Stops accepting (the shard drains). The shard closes the listener afterwards.
-    pub(crate) fn stop_accepting(&mut self) {
-        match self {
-            Engine::Uring(e) => e.stop_accepting(),
-            Engine::Epoll(e) => e.stop_accepting(),
+    pub fn stop_accepting(&mut self) {
+        match &mut self.0 {
+            Inner::Uring(e) => e.stop_accepting(),
+            Inner::Epoll(e) => e.stop_accepting(),
         }
     }
 
     /// Submits what was asked and waits up to `timeout` (`None`: until something happens) for
     /// events, which are appended to `events`.
-    pub(crate) fn wait(
-        &mut self,
-        timeout: Option<Duration>,
-        events: &mut Vec<Event>,
-    ) -> io::Result<()> {
-        match self {
-            Engine::Uring(e) => e.wait(timeout, events),
-            Engine::Epoll(e) => e.wait(timeout, events),
+    pub fn wait(&mut self, timeout: Option<Duration>, events: &mut Vec<Event>) -> io::Result<()> {
+        match &mut self.0 {
+            Inner::Uring(e) => e.wait(timeout, events),
+            Inner::Epoll(e) => e.wait(timeout, events),
         }
     }
 }
