@@ -82,8 +82,15 @@ impl ServiceState {
     }
 }
 
+/// Where decoded tensors get their buffers: the shard's pool, so a JSON tensor reuses the buffer
+/// an earlier request gave back.
+pub trait TensorBuffers {
+    /// An empty buffer with room for at least `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8>;
+}
+
 /// One decoded HTTP request, as the handler sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     /// The method.
     pub method: Method,
@@ -95,6 +102,8 @@ pub struct Request<'a> {
     pub inference_header: InferenceHeader,
     /// When the request's last bytes were read.
     pub received: Instant,
+    /// Where decoded tensors get their buffers.
+    pub buffers: &'a dyn TensorBuffers,
 }
 
 /// What a request needs from every shard.
@@ -296,10 +305,11 @@ impl ShardService {
                         }))
                     }
                     ModelAction::Infer => {
-                        let decoded = protocol::decode_infer_request(
+                        let decoded = protocol::decode_infer_request_into(
                             entry.model.metadata(),
                             req.body,
                             req.inference_header,
+                            &mut |n| req.buffers.take(n),
                         )
                         .map(|request| InferJob {
                             model: entry.index,

@@ -129,9 +129,20 @@ pub fn decode_infer_request<'a>(
     body: &'a [u8],
     header: InferenceHeader,
 ) -> Result<InferRequest<'a>, ApiError> {
+    decode_infer_request_into(meta, body, header, &mut Vec::with_capacity)
+}
+
+/// [`decode_infer_request`], taking the buffers of tensors it must decode (JSON data) from
+/// `buffer`, which gives an empty buffer for at least that many bytes (the runtime's pool).
+pub fn decode_infer_request_into<'a>(
+    meta: &ModelMetadata,
+    body: &'a [u8],
+    header: InferenceHeader,
+    buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<InferRequest<'a>, ApiError> {
     let (json, tail) = match header {
         InferenceHeader::Absent => (body, &[][..]),
-        InferenceHeader::Length(0) => return decode_raw_binary(meta, body),
+        InferenceHeader::Length(0) => return decode_raw_binary(meta, body, buffer),
         InferenceHeader::Length(n) if n <= body.len() => body.split_at(n),
         InferenceHeader::Length(n) => {
             return Err(ApiError::invalid(format!(
@@ -173,7 +184,14 @@ pub fn decode_infer_request<'a>(
                 input.name
             )));
         }
-        slots[index] = Some(decode_input(meta, spec, input, tail, &mut tail_pos)?);
+        slots[index] = Some(decode_input(
+            meta,
+            spec,
+            input,
+            tail,
+            &mut tail_pos,
+            buffer,
+        )?);
     }
     if tail_pos != tail.len() {
         return Err(ApiError::invalid(format!(
@@ -258,6 +276,7 @@ fn decode_input<'a>(
     input: RawInput<'a>,
     tail: &'a [u8],
     tail_pos: &mut usize,
+    buffer: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<Tensor<'a>, ApiError> {
     let name = &input.name;
     let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
@@ -324,7 +343,7 @@ fn decode_input<'a>(
             // Each JSON element takes at least two characters, which bounds the reservation
             // by what the client actually sent rather than by the shape it claims.
             let elements = count.min(raw.get().len() / 2 + 1);
-            let mut bytes = Vec::with_capacity(elements * datatype.element_size().unwrap_or(8));
+            let mut bytes = buffer(elements * datatype.element_size().unwrap_or(8));
             let got = decode_json_data(datatype, raw.get(), &mut bytes)
                 .map_err(|e| ApiError::invalid(format!("input '{name}': {e}")))?;
             if got != count {
@@ -436,6 +455,7 @@ fn batch_size(meta: &ModelMetadata, inputs: &[Tensor<'_>]) -> Result<usize, ApiE
 fn decode_raw_binary<'a>(
     meta: &ModelMetadata,
     body: &'a [u8],
+    buffer: &mut dyn FnMut(usize) -> Vec<u8>,
 ) -> Result<InferRequest<'a>, ApiError> {
     let [spec] = meta.inputs.as_slice() else {
         return Err(ApiError::invalid(format!(
@@ -487,7 +507,7 @@ fn decode_raw_binary<'a>(
             let len = u32::try_from(body.len())
                 .map_err(|_| ApiError::invalid("raw binary BYTES element is larger than 4 GiB"))?;
             shape.extend(spec.dims.iter().map(|_| 1));
-            let mut data = Vec::with_capacity(body.len() + 4);
+            let mut data = buffer(body.len() + 4);
             data.extend_from_slice(&len.to_le_bytes());
             data.extend_from_slice(body);
             return Ok(raw_request(meta, shape, spec.datatype, Cow::Owned(data)));

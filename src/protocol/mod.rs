@@ -12,6 +12,8 @@ pub mod json_data;
 pub mod metadata;
 pub mod routes;
 
-pub use infer_request::{decode_infer_request, InferRequest, OutputChoice};
+pub use infer_request::{
+    decode_infer_request, decode_infer_request_into, InferRequest, OutputChoice,
+};
 pub use infer_response::encode_infer_response;
 pub use routes::{route, ModelAction, Route};

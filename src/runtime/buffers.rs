@@ -51,9 +51,22 @@ impl BufferPool {
         }
     }
 
+    /// An empty buffer with room for at least `capacity` bytes.
+    pub(crate) fn take_for(&self, capacity: usize) -> Vec<u8> {
+        let mut v = self.take();
+        v.reserve(capacity);
+        v
+    }
+
     /// (buffers taken, of which reused from the pool).
     pub(crate) fn reuse(&self) -> (u64, u64) {
         (self.taken.get(), self.reused.get())
+    }
+}
+
+impl crate::service::TensorBuffers for BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        self.take_for(capacity)
     }
 }
 

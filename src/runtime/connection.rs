@@ -616,6 +616,7 @@ impl Connection {
     /// Answers one complete request, or parks it.
     fn answer(&mut self, key: usize, core: &mut Core, msg: Message) {
         let received = self.received;
+        let tensor_pool = core.pools.tensor.clone();
         let bytes = &self.read.buf[self.read.start..self.read.start + msg.consumed];
         let head = &msg.head;
         let body: &[u8] = match &msg.body {
@@ -631,6 +632,7 @@ impl Connection {
             body,
             inference_header: head.inference_header,
             received,
+            buffers: &*tensor_pool,
         };
         let info = HeadInfo {
             keep_alive: head.keep_alive,

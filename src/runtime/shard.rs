@@ -26,6 +26,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,7 +90,9 @@ pub(crate) struct Pools {
     pub read: BufferPool,
     pub read_initial: usize,
     pub write: BufferPool,
-    pub tensor: BufferPool,
+    /// Shared (`Rc`) with the request being handled, which decodes tensors into it while the
+    /// handler may also reach the batchers.
+    pub tensor: Rc<BufferPool>,
 }
 
 /// Everything of a shard that its connections use: the handler, the batchers, the mesh, the
@@ -124,7 +127,7 @@ impl Core {
                     .collect();
                 m.connections_open = self.open as u64;
                 m.connections_accepted = self.accepted;
-                for pool in [&self.pools.read, &self.pools.write, &self.pools.tensor] {
+                for pool in [&self.pools.read, &self.pools.write, &*self.pools.tensor] {
                     let (taken, reused) = pool.reuse();
                     m.buffers_taken += taken;
                     m.buffers_reused += reused;
@@ -221,7 +224,7 @@ impl Shard {
                     read: BufferPool::new(READ_BUFFER_BYTES),
                     read_initial: READ_BUFFER_BYTES,
                     write: BufferPool::new(WRITE_BUFFER_BYTES),
-                    tensor: BufferPool::new(TENSOR_BUFFER_BYTES),
+                    tensor: Rc::new(BufferPool::new(TENSOR_BUFFER_BYTES)),
                 },
                 limits: Limits {
                     max_header_bytes: http.max_header_bytes,
