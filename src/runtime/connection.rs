@@ -79,7 +79,9 @@ impl ReadBuf {
 
     /// Makes room to read: afterwards `buf[end..]` is non-empty. `need` is how many bytes the
     /// current request needs from `start`; the buffer grows toward it by doubling, so memory
-    /// follows the bytes that actually arrive, not a Content-Length a client merely claims.
+    /// follows the bytes that actually arrive, not a Content-Length a client merely claims. A
+    /// `need` of one byte more than is pending means the size is unknown (a head, a chunked
+    /// body): the buffer doubles, so a large chunked body is not read a byte at a time.
     fn make_room(&mut self, need: usize) {
         if self.start == self.end {
             self.start = 0;
@@ -94,8 +96,10 @@ impl ReadBuf {
         }
         if self.end == self.buf.len() {
             let len = self.buf.len().max(1);
-            let new_len = need.min(len.saturating_mul(2)).max(self.end + 1);
-            self.buf.resize(new_len, 0);
+            let doubled = len.saturating_mul(2);
+            let unknown = need <= pending + 1;
+            let new_len = if unknown { doubled } else { need.min(doubled) };
+            self.buf.resize(new_len.max(self.end + 1), 0);
         }
     }
 
@@ -938,6 +942,19 @@ mod tests {
         r.start = r.end;
         r.make_room(1);
         assert_eq!((r.start, r.end), (0, 0));
+    }
+
+    #[test]
+    fn make_room_doubles_when_the_size_is_unknown() {
+        // A chunked body asks for one byte more than is buffered: grow by doubling, never by
+        // the one byte asked for.
+        let mut r = ReadBuf::new(Vec::with_capacity(16));
+        r.end = 16;
+        r.make_room(17);
+        assert_eq!(r.buf.len(), 32);
+        r.end = 32;
+        r.make_room(33);
+        assert_eq!(r.buf.len(), 64);
     }
 
     #[test]
