@@ -364,3 +364,26 @@ fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
     );
     assert_eq!(s.client().get("/v2/health/live").status, 200);
 }
+
+#[test]
+fn a_connection_that_never_sends_is_cut_at_the_header_timeout() {
+    // The header deadline runs from accept: a silent connection cannot hold a slot for the whole
+    // idle timeout (here 60 s).
+    let cfg = config_file(
+        "silent",
+        "[http]\nheader_read_timeout_ms = 300\nidle_timeout_ms = 60000\n",
+    );
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let mut silent = s.client();
+    let started = Instant::now();
+    assert!(silent.is_closed(Duration::from_secs(5)));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // A connection that has been served is idle, not silent: the idle timeout applies to it.
+    let mut served = s.client();
+    assert_eq!(served.get("/v2/health/live").status, 200);
+    assert!(!served.is_closed(Duration::from_millis(800)));
+}

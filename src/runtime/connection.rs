@@ -237,6 +237,8 @@ pub(crate) struct Connection {
     shut_write: bool,
     /// The client hung up while a request was parked.
     gone: bool,
+    /// A request has arrived on it: until then, the header deadline runs from accept.
+    served: bool,
 }
 
 impl Connection {
@@ -267,6 +269,7 @@ impl Connection {
             shut_read: false,
             shut_write: false,
             gone: false,
+            served: false,
         }
     }
 
@@ -289,6 +292,11 @@ impl Connection {
     /// Whether both sides are shut: nothing more to do to it.
     pub(crate) fn is_shut(&self) -> bool {
         self.shut_read && self.shut_write
+    }
+
+    /// Whether a request has arrived on it (a silent new connection is timed out like a head).
+    pub(crate) fn has_served(&self) -> bool {
+        self.served
     }
 
     /// Whether its client hung up while a request was parked.
@@ -619,6 +627,7 @@ impl Connection {
 
     /// Answers one complete request, or parks it.
     fn answer(&mut self, key: usize, core: &mut Core, msg: Message) {
+        self.served = true;
         let received = self.received;
         let tensor_pool = core.pools.tensor.clone();
         let bytes = &self.read.buf[self.read.start..self.read.start + msg.consumed];

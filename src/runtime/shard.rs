@@ -509,6 +509,12 @@ impl Shard {
                 // connection ends. One that then stalls is timed out below like any other.
                 Phase::Idle if draining && !c.is_read_shut() => Some(libc::SHUT_RD),
                 Phase::Idle if draining => None,
+                // A new connection that has sent nothing is held to the header deadline from
+                // accept, not the idle timeout.
+                Phase::Idle if !c.has_served() && age > self.header_timeout => {
+                    timed_out += 1;
+                    Some(libc::SHUT_RDWR)
+                }
                 Phase::Idle | Phase::Body | Phase::Write if age > self.idle_timeout => {
                     timed_out += 1;
                     Some(libc::SHUT_RDWR)
