@@ -59,9 +59,9 @@ fn malformed_http_closes_the_connection_with_a_clear_error() {
         );
         framing_error(
             &s,
-            b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /v2/models/identity/infer HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             400,
-            "both",
+            "HTTP/1.0",
         );
         framing_error(
             &s,
@@ -386,4 +386,24 @@ fn a_connection_that_never_sends_is_cut_at_the_header_timeout() {
     let mut served = s.client();
     assert_eq!(served.get("/v2/health/live").status, 200);
     assert!(!served.is_closed(Duration::from_millis(800)));
+}
+
+#[test]
+fn a_chunked_body_with_a_content_length_is_framed_by_the_chunks_then_closed() {
+    // Python `requests` sends Content-Length next to a manually chunked body, and Triton's HTTP
+    // tests expect 200 (RFC 9112 §6.3: Transfer-Encoding wins; close after responding).
+    let s = Server::start(1);
+    let body = br#"{"inputs":[{"name":"INPUT0","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+    let mut req = format!(
+        "POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (r, mut c) = raw(&s, &req);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["outputs"][0]["data"], json!([1.0, 2.0]));
+    assert!(r.closes(), "the response closes the connection");
+    assert!(c.is_closed(Duration::from_secs(5)));
 }

@@ -126,8 +126,6 @@ pub enum HttpError {
     BodyTooLarge,
     /// Content-Length is not a non-negative integer, or two disagree.
     BadContentLength,
-    /// Both Content-Length and Transfer-Encoding (a request-smuggling shape).
-    ConflictingFraming,
     /// A transfer coding other than `chunked`.
     UnsupportedTransferEncoding,
     /// A chunked body that breaks the chunked grammar.
@@ -154,9 +152,6 @@ impl From<HttpError> for ApiError {
             ),
             HttpError::BadContentLength => {
                 ApiError::invalid("Content-Length must be one non-negative integer")
-            }
-            HttpError::ConflictingFraming => {
-                ApiError::invalid("request has both Content-Length and Transfer-Encoding")
             }
             HttpError::UnsupportedTransferEncoding => ApiError::new(
                 ErrorKind::NotImplemented,
@@ -377,8 +372,18 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpEr
             };
         }
     }
+    if transfer_encoding && minor_version == 0 {
+        // RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding, so its framing is faulty.
+        return Err(HttpError::Malformed(
+            "an HTTP/1.0 request cannot use Transfer-Encoding; send Content-Length",
+        ));
+    }
     if transfer_encoding && content_length.is_some() {
-        return Err(HttpError::ConflictingFraming);
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length (Python `requests` sends
+        // both for a chunked body), and the connection closes after the response, so a request
+        // smuggled behind a disagreeing Content-Length can never be read.
+        content_length = None;
+        keep_alive = false;
     }
     if transfer_encoding && !chunked {
         return Err(HttpError::UnsupportedTransferEncoding);
@@ -672,12 +677,18 @@ mod tests {
             decode_all(b"POST /x HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
             Err(HttpError::BadContentLength)
         );
-        assert_eq!(
-            decode_all(
-                b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
-            ),
-            Err(HttpError::ConflictingFraming)
+        assert!(matches!(
+            decode_all(b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
+        // Transfer-Encoding overrides a Content-Length (here one that disagrees with the body),
+        // and the connection closes after the response.
+        let (m, body) = complete(
+            b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         );
+        assert_eq!(m.body, Body::Dechunked);
+        assert_eq!(body, b"abc");
+        assert!(!m.head.keep_alive);
         assert_eq!(
             decode_all(b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Err(HttpError::UnsupportedTransferEncoding)
