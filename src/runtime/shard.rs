@@ -55,6 +55,10 @@ const HOUSEKEEPING_TICK: Duration = Duration::from_millis(25);
 /// Rounds of "poll the batchers, resume the ready connections" per loop turn; more work waits
 /// for the next turn, after the engine has had its say.
 const RESUME_ROUNDS: usize = 4;
+/// While draining, an idle connection is closed once it has been idle this long (200 ms): long
+/// enough that a client in the middle of a conversation sends its next request first and gets
+/// `Connection: close` with the answer, short enough to add little to a drain.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(200);
 /// After the drain deadline, how long the shard waits for its connections' operations to end
 /// before it leaves their buffers to the exiting process.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
@@ -504,10 +508,15 @@ impl Shard {
             let (phase, since) = c.phase();
             let age = now.saturating_duration_since(since);
             let how = match phase {
-                // Drain closes idle connections by their read side: a request already on its
-                // way is still read and answered (with `Connection: close`), then the
-                // connection ends. One that then stalls is timed out below like any other.
-                Phase::Idle if draining && !c.is_read_shut() => Some(libc::SHUT_RD),
+                // Drain closes idle connections by their read side, once they have been idle
+                // for DRAIN_IDLE_GRACE: a client between two requests of a conversation gets its
+                // next one answered (with `Connection: close`, which tells it to stop) instead
+                // of finding the connection gone; a request already on its way when the read
+                // side is shut is still read and answered. One that then stalls is timed out
+                // below like any other.
+                Phase::Idle if draining && !c.is_read_shut() && age >= DRAIN_IDLE_GRACE => {
+                    Some(libc::SHUT_RD)
+                }
                 Phase::Idle if draining => None,
                 // A new connection that has sent nothing is held to the header deadline from
                 // accept, not the idle timeout.
