@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Time a connection may sit idle between requests, or stall mid-body, before it is closed (60 s).
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Slowest average rate a request body may arrive at (500 B/s, Apache mod_reqtimeout's MinRate):
+/// a body trickled a byte at a time, each just inside the idle timeout, cannot hold a connection
+/// slot for ever.
+pub const DEFAULT_MIN_BODY_BYTES_PER_SECOND: u64 = 500;
 /// Listen backlog of each shard's socket.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// How long a drain (SIGTERM) waits for in-flight requests before the process exits anyway (30 s,
@@ -212,6 +216,9 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// Milliseconds a connection may idle (or stall mid-body) before it is closed.
     pub idle_timeout_ms: u64,
+    /// Slowest average rate a request body may arrive at, in bytes per second, once it has had
+    /// `header_read_timeout_ms` to get going; 0 turns the check off.
+    pub min_body_bytes_per_second: u64,
     /// Listen backlog per shard.
     pub listen_backlog: u32,
 }
@@ -226,6 +233,7 @@ impl Default for HttpConfig {
             max_connections_per_shard: DEFAULT_MAX_CONNECTIONS_PER_SHARD,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            min_body_bytes_per_second: DEFAULT_MIN_BODY_BYTES_PER_SECOND,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
         }
     }

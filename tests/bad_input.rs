@@ -407,3 +407,32 @@ fn a_chunked_body_with_a_content_length_is_framed_by_the_chunks_then_closed() {
     assert!(r.closes(), "the response closes the connection");
     assert!(c.is_closed(Duration::from_secs(5)));
 }
+
+#[test]
+fn a_trickled_body_is_cut_at_the_minimum_body_rate() {
+    // One byte every 300 ms never trips the 4 s idle timeout, but stays far under 500 B/s: the
+    // connection is cut once the header timeout's grace has passed.
+    use std::io::Write;
+    let cfg = config_file(
+        "trickle",
+        "[http]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 4000\nmin_body_bytes_per_second = 500\n",
+    );
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let mut c = s.client();
+    c.send(b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: 10000\r\n\r\n");
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        if c.stream.write_all(b"x").is_err() || c.is_closed(Duration::from_millis(300)) {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a body at about 3 B/s was still open after 3 s");
+    // A body that arrives at a normal pace is unaffected.
+    let r = s.client().post_json(
+        "/v2/models/identity/infer",
+        &json!({"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1]}]}),
+    );
+    assert_eq!(r.status, 200);
+}

@@ -239,6 +239,10 @@ pub(crate) struct Connection {
     gone: bool,
     /// A request has arrived on it: until then, the header deadline runs from accept.
     served: bool,
+    /// Bytes received since accept, and the count when the current body began (with when), for
+    /// the minimum body rate.
+    received_bytes: u64,
+    body_start: (Instant, u64),
 }
 
 impl Connection {
@@ -270,6 +274,8 @@ impl Connection {
             shut_write: false,
             gone: false,
             served: false,
+            received_bytes: 0,
+            body_start: (now, 0),
         }
     }
 
@@ -292,6 +298,11 @@ impl Connection {
     /// Whether both sides are shut: nothing more to do to it.
     pub(crate) fn is_shut(&self) -> bool {
         self.shut_read && self.shut_write
+    }
+
+    /// When the body being read began, and how many of its bytes have arrived since.
+    pub(crate) fn body_progress(&self) -> (Instant, u64) {
+        (self.body_start.0, self.received_bytes - self.body_start.1)
     }
 
     /// Whether a request has arrived on it (a silent new connection is timed out like a head).
@@ -364,6 +375,7 @@ impl Connection {
             (Life::Open, Ok(n)) if n > 0 => {
                 self.read.end += n;
                 self.received = Instant::now();
+                self.received_bytes += n as u64;
             }
             (Life::Open, _) if self.parked.is_some() => self.left_while_parked(core),
             // End of stream: answer every request already buffered, then close (`process`
@@ -550,7 +562,12 @@ impl Connection {
         match phase {
             Phase::Idle if changed => self.since = self.since.max(self.received),
             Phase::Head | Phase::Busy if changed => self.since = self.received,
-            Phase::Body => self.since = self.received,
+            Phase::Body => {
+                if changed {
+                    self.body_start = (self.received, self.received_bytes);
+                }
+                self.since = self.received;
+            }
             _ => {}
         }
         self.phase = phase;

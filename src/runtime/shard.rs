@@ -160,6 +160,7 @@ struct Shard {
     max_connections: usize,
     header_timeout: Duration,
     idle_timeout: Duration,
+    min_body_rate: u64,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
     /// `shards.busy_poll_us`.
@@ -243,6 +244,7 @@ impl Shard {
             max_connections: http.max_connections_per_shard,
             header_timeout: http.header_read_timeout(),
             idle_timeout: http.idle_timeout(),
+            min_body_rate: http.min_body_bytes_per_second,
             drain_deadline: None,
             events: Vec::with_capacity(256),
             busy_poll: Duration::from_micros(busy_poll_us),
@@ -500,6 +502,7 @@ impl Shard {
     /// shut socket ends its pending receive, and the connection closes itself.
     fn sweep(&mut self, now: Instant) {
         let draining = self.drain_deadline.is_some();
+        let (min_rate, header_timeout) = (self.min_body_rate, self.header_timeout);
         let mut timed_out = 0;
         for (_, c) in self.conns.iter_mut() {
             if c.is_shut() {
@@ -525,6 +528,12 @@ impl Shard {
                     Some(libc::SHUT_RDWR)
                 }
                 Phase::Idle | Phase::Body | Phase::Write if age > self.idle_timeout => {
+                    timed_out += 1;
+                    Some(libc::SHUT_RDWR)
+                }
+                // A body that keeps trickling, each byte just inside the idle timeout, is cut
+                // once its average rate stays under the minimum past the header timeout.
+                Phase::Body if too_slow(min_rate, header_timeout, c.body_progress(), now) => {
                     timed_out += 1;
                     Some(libc::SHUT_RDWR)
                 }
@@ -621,4 +630,11 @@ impl Shard {
             std::mem::forget(std::mem::take(&mut self.conns));
         }
     }
+}
+
+/// Whether a body that began at `start` and has brought `bytes` since arrives slower than
+/// `min_rate` bytes per second, once `grace` has passed (0 turns the check off).
+fn too_slow(min_rate: u64, grace: Duration, (start, bytes): (Instant, u64), now: Instant) -> bool {
+    let elapsed = now.saturating_duration_since(start);
+    min_rate > 0 && elapsed > grace && (bytes as f64) < min_rate as f64 * elapsed.as_secs_f64()
 }
