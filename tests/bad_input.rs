@@ -121,6 +121,13 @@ fn bad_infer_requests_fail_alone() {
         request_error(
             &mut c,
             id,
+            br#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1e300]}]}"#,
+            400,
+            "out of range for FP32",
+        );
+        request_error(
+            &mut c,
+            id,
             br#"{"inputs":[{"name":"INPUT0","shape":[1,2],"datatype":"INT32","data":[1,2]}]}"#,
             400,
             "expects FP32",

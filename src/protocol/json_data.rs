@@ -166,10 +166,31 @@ fn push_integer(datatype: DataType, v: i128, out: &mut Vec<u8>) -> Result<(), St
 }
 
 fn push_float(datatype: DataType, v: f64, out: &mut Vec<u8>) -> Result<(), String> {
+    // A JSON number is finite; one too large for the element type would silently become
+    // infinity, so it is refused like an out-of-range integer.
+    let out_of_range = || format!("{v} is out of range for {}", datatype.name());
     match datatype {
-        DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
-        DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
-        DataType::Fp32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+        DataType::Fp16 => {
+            let h = half::f16::from_f64(v);
+            if h.is_infinite() {
+                return Err(out_of_range());
+            }
+            out.extend_from_slice(&h.to_le_bytes())
+        }
+        DataType::Bf16 => {
+            let h = half::bf16::from_f64(v);
+            if h.is_infinite() {
+                return Err(out_of_range());
+            }
+            out.extend_from_slice(&h.to_le_bytes())
+        }
+        DataType::Fp32 => {
+            let f = v as f32;
+            if f.is_infinite() {
+                return Err(out_of_range());
+            }
+            out.extend_from_slice(&f.to_le_bytes())
+        }
         DataType::Fp64 => out.extend_from_slice(&v.to_le_bytes()),
         d => {
             return Err(format!(
@@ -316,6 +337,11 @@ mod tests {
         let e = decode(DataType::Fp32, r#"[{"a":1}]"#).unwrap_err();
         assert!(e.contains("object"), "{e}");
         assert!(decode(DataType::Uint8, "[-1]").is_err());
+        let e = decode(DataType::Fp32, "[1e300]").unwrap_err();
+        assert!(e.contains("out of range for FP32"), "{e}");
+        assert!(decode(DataType::Fp16, "[70000]").is_err());
+        assert!(decode(DataType::Fp32, "[3.4e38]").is_ok());
+        assert!(decode(DataType::Fp64, "[1e300]").is_ok());
         assert!(decode(DataType::Fp32, "[1,2").is_err());
     }
 
