@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use friday::runtime::engine::{Doorbell, Engine, EngineKind, Event};
 use hdrhistogram::Histogram;
 
+mod support;
+
 const ROUND_TRIPS: usize = 20_000;
 const WARMUP: usize = 1_000;
 const MESSAGE: usize = 64;
@@ -46,19 +48,6 @@ impl Stats {
             self.0.max() as f64 / 1000.0
         );
     }
-}
-
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{model}, Linux {}", kernel.trim())
 }
 
 /// Runs the client against `addr` and returns its round trips.
@@ -158,7 +147,7 @@ fn main() {
     let client_cpu = cpus.get(1).copied().unwrap_or(server);
     println!(
         "engine hop: {ROUND_TRIPS} round trips of {MESSAGE} bytes over loopback TCP ({WARMUP} warm-up), server on CPU {server}, client on CPU {client_cpu}: {}",
-        machine()
+        support::machine()
     );
     let started = Instant::now();
     let uring = friday::runtime::engine::select(friday::config::EngineChoice::IoUring).is_ok();

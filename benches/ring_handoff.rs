@@ -26,6 +26,8 @@ use friday::runtime::engine::Doorbell;
 use friday::runtime::worker::{Job, Worker};
 use friday::tensor::{DataType, Tensor};
 use hdrhistogram::Histogram;
+
+mod support;
 use smallvec::smallvec;
 
 const ROUND_TRIPS: usize = 40_000;
@@ -209,30 +211,13 @@ fn crossbeam(shard_cpu: usize, worker_cpu: usize) -> Hops {
     hops
 }
 
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{model}, {} CPUs, Linux {}",
-        friday::topology::affinity_cpus().map_or(0, |c| c.len()),
-        kernel.trim()
-    )
-}
-
 fn main() {
     let cpus = friday::topology::affinity_cpus().expect("read the affinity mask");
     let shard = cpus[0];
     let other = cpus.get(1).copied().unwrap_or(shard);
     println!(
         "ring handoff, {ROUND_TRIPS} round trips each ({WARMUP} warm-up): {}",
-        machine()
+        support::machine()
     );
     println!("shard on CPU {shard}; \"other CPU\" is CPU {other}");
     let started = Instant::now();

@@ -1,4 +1,6 @@
-//! Shared by the benches: time an operation in batches and print its per-operation distribution.
+//! Shared by the benches: time an operation in batches and print its per-operation distribution,
+//! and name the machine. Each bench uses part of it.
+#![allow(dead_code)]
 
 use std::time::Instant;
 
@@ -38,4 +40,22 @@ pub fn measure(name: &str, samples: usize, mut op: impl FnMut(u64)) {
         q(0.99),
         q(0.999)
     );
+}
+
+/// The machine a bench ran on: CPU model, CPUs in the affinity mask, kernel.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {} CPUs, Linux {}",
+        friday::topology::affinity_cpus().map_or(0, |c| c.len()),
+        kernel.trim()
+    )
 }
