@@ -73,7 +73,8 @@ pub struct ThreadPlan {
 /// What one thread measured.
 #[derive(Debug, Clone)]
 pub struct ThreadResult {
-    /// Latency of successful requests from their intended send time, ns.
+    /// Latency from the intended send time, ns: of successful requests, and of requests never
+    /// sent (to the end of the run).
     pub latency: Histogram<u64>,
     /// Latency of successful requests from their actual send time, ns.
     pub service: Histogram<u64>,
@@ -104,6 +105,20 @@ impl ThreadResult {
             connection_events: BTreeMap::new(),
             sent: 0,
         }
+    }
+
+    /// A request due at `due` was never sent (no connection was free before the end, or the
+    /// backlog was full): if it was due in the window, it fails as `never_sent` and its latency
+    /// counts from its due time to the end of the run, so that an overloaded server can never
+    /// look fast.
+    fn never_sent(&mut self, due: Instant, plan: &ThreadPlan) {
+        if due < plan.measure_from || due >= plan.end {
+            return;
+        }
+        self.error("never_sent");
+        let waited = plan.end.saturating_duration_since(due);
+        self.latency
+            .saturating_record(waited.as_nanos().max(1) as u64);
     }
 
     fn error(&mut self, kind: &str) {
@@ -243,8 +258,8 @@ pub fn run(plan: ThreadPlan, progress: Option<Progress>) -> ThreadResult {
                 let due = s.next_send();
                 if backlog.len() < MAX_BACKLOG {
                     backlog.push_back(due);
-                } else if due >= plan.measure_from {
-                    result.error("backlog_full");
+                } else {
+                    result.never_sent(due, &plan);
                 }
             }
         }
@@ -322,12 +337,8 @@ pub fn run(plan: ThreadPlan, progress: Option<Progress>) -> ThreadResult {
             _ => {}
         }
     }
-    let never_sent = backlog
-        .iter()
-        .filter(|d| **d >= plan.measure_from && **d < plan.end)
-        .count() as u64;
-    if never_sent > 0 {
-        *result.errors.entry("never_sent".into()).or_default() += never_sent;
+    for &due in &backlog {
+        result.never_sent(due, &plan);
     }
     result
 }
