@@ -124,6 +124,31 @@ fn concurrent_requests_form_batches_with_correct_outputs() {
 }
 
 #[test]
+fn a_costly_inline_model_batches_a_burst_even_without_queue_delay() {
+    // With no queue delay, an idle inline model runs a lone request at once (the fast path);
+    // once it has seen that its batches are costly, requests arriving together share a batch
+    // instead of running one by one, each holding the shard for a whole model run.
+    let s = server_with(
+        1,
+        "inline-costly",
+        "[models.synthetic]\nplacement = \"inline\"\ncost_per_batch_us = 3000\nmax_batch_size = 16\n",
+    );
+    let first = s.client().post_json(
+        "/v2/models/synthetic/infer",
+        &synthetic_body(&[1.0], json!({})),
+    );
+    assert_eq!(first.status, 200, "{}", first.error());
+    let results = burst(&s, 24, |i| synthetic_body(&[i as f32], json!({})));
+    assert!(results.iter().all(|a| a.status == 200), "{results:?}");
+    let m = scrape(&s);
+    let batches = sample(&m, "friday_batch_size_count", &[("model", "synthetic")]);
+    assert!(
+        batches <= 13.0,
+        "{batches} batches for 25 requests: the burst ran one by one"
+    );
+}
+
+#[test]
 fn a_burst_beyond_max_queue_size_gets_429_and_every_admitted_request_succeeds() {
     let s = server_with(1, "burst", &slow_synthetic(100000, "max_queue_size = 4"));
     let results = burst(&s, 16, |i| synthetic_body(&[i as f32], json!({})));

@@ -15,6 +15,7 @@
 //! [`Batcher::idle_inline`] tells the connection to run it on its borrowed inputs at once (the
 //! idle fast path), which gives the same bytes as a batch of one.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,7 +118,23 @@ pub(crate) struct Batcher {
     /// When the policy wants to be polled again at the latest.
     wake_at: Option<Instant>,
     seen_gone_epoch: u64,
+    /// Connections resting until this model has room, first come first served: nothing is read
+    /// from them meanwhile, so their clients' next requests wait in the kernel and TCP pushes
+    /// back, instead of each one costing the shard a 429 (see [`Batcher::hold`]).
+    line: VecDeque<(usize, Instant)>,
+    /// Queue slots freed (requests dispatched, expired or dropped) since the line last moved.
+    freed: usize,
+    /// How long the model's last batch ran.
+    last_run: Duration,
 }
+
+/// An inline model whose batches take longer than this (50 µs, a few times what a request
+/// costs the shard otherwise) is batched even when idle: see [`Batcher::idle_inline`].
+const FAST_PATH_MAX: Duration = Duration::from_micros(50);
+
+/// The longest a connection rests in a model's line: then it is read again, and a request for a
+/// model that is still full gets its 429 and goes to the back of the line.
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(1);
 
 impl Batcher {
     /// Creates the batcher of `entry` on this shard (and its worker thread, for `worker`
@@ -157,6 +174,9 @@ impl Batcher {
             dirty: false,
             wake_at: None,
             seen_gone_epoch: 0,
+            line: VecDeque::new(),
+            freed: 0,
+            last_run: Duration::ZERO,
         })
     }
 
@@ -175,13 +195,22 @@ impl Batcher {
         self.outstanding
     }
 
-    /// Inline, nothing queued, nothing running, and no queue delay to wait out for company: the
-    /// policy would dispatch a lone request at once, so it may run now on its own inputs.
+    /// Inline, nothing queued, nothing running, no queue delay to wait out for company, and
+    /// cheap (its last batch took under [`FAST_PATH_MAX`]): the policy would dispatch a lone
+    /// request at once, so it may run now on its own inputs. A costly model goes through the
+    /// queue instead, so that the requests of one loop turn share a batch rather than run one
+    /// by one, each holding the others (and every other client of the shard) for its whole run.
     pub(crate) fn idle_inline(&self) -> bool {
         self.worker.is_none()
             && self.in_flight.is_none()
             && self.queue.is_empty()
             && self.queue.config().max_queue_delay.is_zero()
+            && self.last_run < FAST_PATH_MAX
+    }
+
+    /// Records how long a request run on the idle fast path took.
+    pub(crate) fn ran_inline(&mut self, took: Duration) {
+        self.last_run = took;
     }
 
     /// Whether its worker thread is computing a batch.
@@ -275,6 +304,55 @@ impl Batcher {
         Ok(ticket)
     }
 
+    /// Whether a request for this model would find no room now: its queue is full, or
+    /// connections rest in its line waiting for room (a newcomer goes behind them).
+    pub(crate) fn saturated(&self) -> bool {
+        self.queue.len() >= self.max_queue_size || !self.line.is_empty()
+    }
+
+    /// Puts connection `conn` at the back of the line: the shard reads nothing from it until
+    /// [`Batcher::release`] lets it go. A connection whose request was refused for a full queue
+    /// rests here after its 429, and one just answered rests here while others wait, so under
+    /// overload the shard's work follows what the model completes, not what clients send (a
+    /// closed loop of a thousand clients costs no more than one of a hundred), and clients take
+    /// turns, first come first served.
+    pub(crate) fn hold(&mut self, conn: usize, now: Instant) {
+        self.line.push_back((conn, now));
+    }
+
+    /// Connections to read again: one per queue slot freed since the last call, those that have
+    /// rested [`MAX_HOLD`], and, if the model has nothing queued or running (the slots freed went
+    /// to clients that left), as many as the queue holds.
+    pub(crate) fn release(&mut self, now: Instant, out: &mut Vec<usize>) {
+        if self.line.is_empty() {
+            self.freed = 0;
+            return;
+        }
+        let mut n = std::mem::take(&mut self.freed);
+        if self.queue.is_empty() && self.in_flight.is_none() {
+            n = n.max(self.max_queue_size);
+        }
+        while let Some(&(conn, since)) = self.line.front() {
+            if n == 0 && now.saturating_duration_since(since) < MAX_HOLD {
+                break;
+            }
+            n = n.saturating_sub(1);
+            out.push(conn);
+            self.line.pop_front();
+        }
+    }
+
+    /// Whether connections rest in the line.
+    pub(crate) fn has_line(&self) -> bool {
+        !self.line.is_empty()
+    }
+
+    /// Lets every resting connection go (the shard drains).
+    pub(crate) fn release_all(&mut self, out: &mut Vec<usize>) {
+        out.extend(self.line.drain(..).map(|(conn, _)| conn));
+        self.freed = 0;
+    }
+
     /// Takes a ticket's outcome once its connection was put on the ready list.
     pub(crate) fn take(&mut self, ticket: usize) -> Outcome {
         self.tickets
@@ -321,6 +399,7 @@ impl Batcher {
             |s| gone(tickets[s.ticket].conn),
             &mut step,
         );
+        self.freed += step.expired.len() + step.dropped.len() + step.batch.len();
         for s in step.expired.drain(..) {
             let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
             let e = ApiError::new(
@@ -417,6 +496,7 @@ impl Batcher {
             .take()
             .expect("a finished batch was in flight");
         let infer = done.infer_end - done.infer_start;
+        self.last_run = infer;
         ctx.service
             .metrics()
             .model(self.index)

@@ -35,7 +35,7 @@ use super::engine::{Engine, Event};
 use super::mesh::{GatherStart, Snapshot};
 use super::shard::Core;
 use crate::batch::assemble;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::http::{
     Body, Decoded, Message, Method, RequestDecoder, Responder, ResponseMode, CONTINUE_100,
 };
@@ -132,6 +132,9 @@ pub(crate) enum Phase {
     Write,
     /// Closing by the server: reading and discarding for at most [`LINGER_TIME`].
     Linger,
+    /// Resting in a saturated model's line: nothing is read until the model has room (at most
+    /// [`super::batcher::MAX_HOLD`]); not timed out.
+    Held,
 }
 
 /// Why the connection is closing.
@@ -198,6 +201,18 @@ struct Answered {
     keep_open: bool,
     /// The client left before its request was batched.
     client_gone: bool,
+    /// The connection went into its model's line (see [`Batcher::hold`]).
+    held: bool,
+}
+
+impl Answered {
+    fn new(keep_open: bool) -> Self {
+        Answered {
+            keep_open,
+            client_gone: false,
+            held: false,
+        }
+    }
 }
 
 /// One accepted connection.
@@ -239,6 +254,9 @@ pub(crate) struct Connection {
     gone: bool,
     /// A request has arrived on it: until then, the header deadline runs from accept.
     served: bool,
+    /// It rests in a model's line (see [`Batcher::hold`]): nothing more is read or decoded until
+    /// the batcher releases it.
+    held: bool,
     /// Bytes received since accept, and the count when the current body began (with when), for
     /// the minimum body rate.
     received_bytes: u64,
@@ -274,6 +292,7 @@ impl Connection {
             shut_write: false,
             gone: false,
             served: false,
+            held: false,
             received_bytes: 0,
             body_start: (now, 0),
         }
@@ -459,6 +478,14 @@ impl Connection {
                 let answered = catch_unwind(AssertUnwindSafe(|| {
                     answer_infer(core, &job, outcome, &mut resp)
                 }));
+                // Others wait for room in this model: take a turn behind them rather than read
+                // a next request that would only be refused.
+                let answered = answered.map(|mut a| {
+                    a.held = a.keep_open
+                        && !draining
+                        && hold_if_saturated(&mut core.batchers[job.model], key);
+                    a
+                });
                 (answered.ok(), head.keep_alive)
             }
             Parked::Gather { what, ticket, head } => {
@@ -471,10 +498,7 @@ impl Connection {
                 );
                 let answered = catch_unwind(AssertUnwindSafe(|| {
                     answer_gather(core, what, gathered, &mut resp);
-                    Answered {
-                        keep_open: resp.keep_alive(),
-                        client_gone: false,
-                    }
+                    Answered::new(resp.keep_alive())
                 }));
                 (answered.ok(), head.keep_alive)
             }
@@ -482,18 +506,30 @@ impl Connection {
         let answered = answered.unwrap_or_else(|| {
             self.write.truncate(mark);
             internal_error(core, &mut self.write, &mut self.scratch);
-            Answered {
-                keep_open: false,
-                client_gone: false,
-            }
+            Answered::new(false)
         });
         self.after_answer(&answered, keep_alive);
         self.advance(key, core, engine);
     }
 
+    /// Its model's batcher let it out of the line: read and answer again.
+    pub(crate) fn release_hold(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        if !self.held {
+            // A connection that closed while it rested, and whose slot a new one took.
+            return;
+        }
+        self.held = false;
+        self.since = Instant::now();
+        self.advance(key, core, engine);
+    }
+
     /// Answers what it can, sends what it wrote, and asks for more bytes, or closes.
     fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
-        if self.life == Life::Open && self.parked.is_none() && self.close_after.is_none() {
+        if self.life == Life::Open
+            && self.parked.is_none()
+            && self.close_after.is_none()
+            && !self.held
+        {
             self.process(key, core);
         }
         if !self.send_in_flight && !self.write.is_empty() && self.life != Life::Closing {
@@ -531,6 +567,7 @@ impl Connection {
             Life::Open => {}
         }
         let wants_bytes = self.parked.is_none()
+            && !self.held
             && self.close_after.is_none()
             && !self.eof
             && !self.backlog
@@ -547,6 +584,8 @@ impl Connection {
             Phase::Busy
         } else if self.send_in_flight {
             Phase::Write
+        } else if self.held {
+            Phase::Held
         } else if self.read.start == self.read.end && self.decoder.is_idle() {
             Phase::Idle
         } else if self.decoder.is_idle() {
@@ -562,6 +601,7 @@ impl Connection {
         match phase {
             Phase::Idle if changed => self.since = self.since.max(self.received),
             Phase::Head | Phase::Busy if changed => self.since = self.received,
+            Phase::Held if changed => self.since = Instant::now(),
             Phase::Body => {
                 if changed {
                     self.body_start = (self.received, self.received_bytes);
@@ -599,6 +639,7 @@ impl Connection {
         // bytes are read ahead of them until they are answered.
         self.backlog = true;
         while self.parked.is_none()
+            && !self.held
             && self.close_after.is_none()
             && self.write.len() < FLUSH_THRESHOLD_BYTES
         {
@@ -676,27 +717,18 @@ impl Connection {
         let handled = catch_unwind(AssertUnwindSafe(|| {
             let action = core.service.handle(&request, &mut resp);
             match action {
-                Action::Done => Step::Answered(Answered {
-                    keep_open: resp.keep_alive(),
-                    client_gone: false,
-                }),
+                Action::Done => Step::Answered(Answered::new(resp.keep_alive())),
                 Action::Gather(what) => {
                     let local = core.snapshot(what);
                     match core.mesh.start_gather(key, what, local, Instant::now()) {
                         Ok(GatherStart::Done(all)) => {
                             answer_gather(core, what, Ok(all), &mut resp);
-                            Step::Answered(Answered {
-                                keep_open: resp.keep_alive(),
-                                client_gone: false,
-                            })
+                            Step::Answered(Answered::new(resp.keep_alive()))
                         }
                         Ok(GatherStart::Pending(ticket)) => Step::Gather { what, ticket },
                         Err(e) => {
                             resp.error(&e);
-                            Step::Answered(Answered {
-                                keep_open: resp.keep_alive(),
-                                client_gone: false,
-                            })
+                            Step::Answered(Answered::new(resp.keep_alive()))
                         }
                     }
                 }
@@ -708,10 +740,7 @@ impl Connection {
             // handler had half-written.
             self.write.truncate(mark);
             internal_error(core, &mut self.write, &mut self.scratch);
-            Step::Answered(Answered {
-                keep_open: false,
-                client_gone: false,
-            })
+            Step::Answered(Answered::new(false))
         });
         let response_bytes = self.write.len() - mark;
         self.read.start += msg.consumed;
@@ -740,6 +769,7 @@ impl Connection {
     }
 
     fn after_answer(&mut self, answered: &Answered, keep_alive_asked: bool) {
+        self.held = answered.held;
         if !answered.keep_open {
             self.close_after = Some(if keep_alive_asked && !answered.client_gone {
                 Close::Server
@@ -799,6 +829,7 @@ fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responde
         let result = assemble::run(batcher.model(), inputs, &sizes, batcher.batched());
         let infer_end = Instant::now();
         let infer = infer_end - dispatched;
+        batcher.ran_inline(infer);
         let metrics = core.service.metrics().model(job.model);
         metrics.batch(infer.as_nanos() as u64, job.request.batch_size);
         core.service.stats().record_execution(
@@ -831,10 +862,7 @@ fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responde
                 core.service.finish_infer(&job, Err(e), resp);
             }
         }
-        return Step::Answered(Answered {
-            keep_open: resp.keep_alive(),
-            client_gone: false,
-        });
+        return Step::Answered(Answered::new(resp.keep_alive()));
     }
     match batcher.submit(&mut job, key, &core.pools.tensor) {
         Ok(ticket) => Step::Infer {
@@ -842,13 +870,27 @@ fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responde
             ticket,
         },
         Err(e) => {
+            let full = e.kind == ErrorKind::Overloaded;
             core.service.finish_infer(&job, Err(e), resp);
-            Step::Answered(Answered {
-                keep_open: resp.keep_alive(),
-                client_gone: false,
-            })
+            let mut answered = Answered::new(resp.keep_alive());
+            // Refused for a full queue: rest in the model's line before reading again, so a
+            // client retrying at once does not cost the shard a 429 per retry.
+            if full && answered.keep_open && !core.service.is_draining() {
+                core.batchers[job.model].hold(key, Instant::now());
+                answered.held = true;
+            }
+            Step::Answered(answered)
         }
     }
+}
+
+/// Puts connection `key` in `batcher`'s line if the model has no room; says whether it did.
+fn hold_if_saturated(batcher: &mut Batcher, key: usize) -> bool {
+    let saturated = batcher.saturated();
+    if saturated {
+        batcher.hold(key, Instant::now());
+    }
+    saturated
 }
 
 /// Answers an infer request once its batcher is done with it.
@@ -876,23 +918,17 @@ fn answer_infer(
             core.service.finish_infer(job, Ok(ran), resp);
             drop(outputs);
             Batcher::recycle(result, &core.pools.tensor);
-            Answered {
-                keep_open: resp.keep_alive(),
-                client_gone: false,
-            }
+            Answered::new(resp.keep_alive())
         }
         Outcome::Failed(e) => {
             core.service.finish_infer(job, Err(e), resp);
-            Answered {
-                keep_open: resp.keep_alive(),
-                client_gone: false,
-            }
+            Answered::new(resp.keep_alive())
         }
         Outcome::Dropped => {
             core.service.record_cancelled(job.model);
             Answered {
-                keep_open: false,
                 client_gone: true,
+                ..Answered::new(false)
             }
         }
     }

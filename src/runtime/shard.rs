@@ -55,6 +55,10 @@ const HOUSEKEEPING_TICK: Duration = Duration::from_millis(25);
 /// Rounds of "poll the batchers, resume the ready connections" per loop turn; more work waits
 /// for the next turn, after the engine has had its say.
 const RESUME_ROUNDS: usize = 4;
+/// Once polling the batchers (running inline batches, answering) has taken this long in one loop
+/// turn, the rest waits for the next turn, after the engine's events: an inline model under load
+/// delays a readiness probe or a new connection by about this much at most (plus one batch).
+const TURN_COMPUTE_BUDGET: Duration = Duration::from_millis(1);
 /// While draining, an idle connection is closed once it has been idle this long (200 ms): long
 /// enough that a client in the middle of a conversation sends its next request first and gets
 /// `Connection: close` with the answer, short enough to add little to a drain.
@@ -163,6 +167,8 @@ struct Shard {
     min_body_rate: u64,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
+    /// Connections let out of the models' lines this turn (kept for its allocation).
+    released: Vec<usize>,
     /// `shards.busy_poll_us`.
     busy_poll: Duration,
     /// The loop polls instead of sleeping until then (the last activity plus `busy_poll`).
@@ -247,6 +253,7 @@ impl Shard {
             min_body_rate: http.min_body_bytes_per_second,
             drain_deadline: None,
             events: Vec::with_capacity(256),
+            released: Vec::new(),
             busy_poll: Duration::from_micros(busy_poll_us),
             spin_until: Instant::now(),
         })
@@ -286,6 +293,7 @@ impl Shard {
             }
             self.events = events;
             self.run_batchers();
+            self.release_lines();
             let now = Instant::now();
             if active {
                 self.spin_until = now + self.busy_poll;
@@ -435,8 +443,13 @@ impl Shard {
 
     /// Polls the batchers that have work and resumes the connections whose outcome is ready.
     fn run_batchers(&mut self) {
+        let start = Instant::now();
         for _ in 0..RESUME_ROUNDS {
             let now = Instant::now();
+            if now.saturating_duration_since(start) >= TURN_COMPUTE_BUDGET {
+                // Inline batches took this turn's share: the engine's events come first.
+                return;
+            }
             let core = &mut self.core;
             core.mesh.expire(now, &mut core.ready);
             let conns = &self.conns;
@@ -466,6 +479,26 @@ impl Shard {
             ready.append(&mut self.core.ready);
             self.core.ready = ready;
         }
+    }
+
+    /// Reads again from the connections that the saturated models' lines let go.
+    fn release_lines(&mut self) {
+        let now = Instant::now();
+        let mut released = std::mem::take(&mut self.released);
+        for b in &mut self.core.batchers {
+            if self.drain_deadline.is_some() {
+                b.release_all(&mut released);
+            } else if b.has_line() {
+                b.release(now, &mut released);
+            }
+        }
+        for key in released.drain(..) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.release_hold(key, &mut self.core, &mut self.engine);
+            }
+            self.reap(key);
+        }
+        self.released = released;
     }
 
     fn begin_drain(&mut self, deadline: Instant) {
