@@ -37,6 +37,16 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// a body trickled a byte at a time, each just inside the idle timeout, cannot hold a connection
 /// slot for ever.
 pub const DEFAULT_MIN_BODY_BYTES_PER_SECOND: u64 = 500;
+/// Slowest average rate a response may be taken at (64 KiB/s) once it has had
+/// `header_read_timeout_ms` to get going: a client reading a large output a trickle at a time
+/// cannot pin it for ever.
+pub const DEFAULT_MIN_SEND_BYTES_PER_SECOND: u64 = 64 << 10;
+/// The share of the machine's memory that the shards' connection buffers may hold together, by
+/// default (an eighth: the rest is for models, their batches and the system), divided evenly
+/// among the shards.
+pub const DEFAULT_BUFFER_MEMORY_SHARE: u64 = 8;
+/// The smallest per-shard buffer budget that default ever gives (64 MiB).
+pub const MIN_DEFAULT_BUFFER_BUDGET: u64 = 64 << 20;
 /// Listen backlog of each shard's socket.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// How long a drain (SIGTERM) waits for in-flight requests before the process exits anyway (30 s,
@@ -219,6 +229,14 @@ pub struct HttpConfig {
     /// Slowest average rate a request body may arrive at, in bytes per second, once it has had
     /// `header_read_timeout_ms` to get going; 0 turns the check off.
     pub min_body_bytes_per_second: u64,
+    /// Slowest average rate a client may take a response at, in bytes per second, once it has
+    /// had `header_read_timeout_ms`; 0 turns the check off.
+    pub min_send_bytes_per_second: u64,
+    /// Most bytes one shard's connections may hold in request and response buffers together;
+    /// past it, requests that need more buffer get 503 at once. Default: an eighth of the
+    /// machine's memory, divided among the shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_buffered_bytes_per_shard: Option<u64>,
     /// Listen backlog per shard.
     pub listen_backlog: u32,
 }
@@ -234,6 +252,8 @@ impl Default for HttpConfig {
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             min_body_bytes_per_second: DEFAULT_MIN_BODY_BYTES_PER_SECOND,
+            min_send_bytes_per_second: DEFAULT_MIN_SEND_BYTES_PER_SECOND,
+            max_buffered_bytes_per_shard: None,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
         }
     }
@@ -248,6 +268,15 @@ impl HttpConfig {
     /// [`HttpConfig::idle_timeout_ms`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// Each shard's buffer budget: `max_buffered_bytes_per_shard`, or by default an eighth of
+    /// `memory` (the machine's, in bytes) divided among `shards`, at least 64 MiB.
+    pub fn buffer_budget(&self, memory: u64, shards: usize) -> u64 {
+        self.max_buffered_bytes_per_shard.unwrap_or_else(|| {
+            (memory / DEFAULT_BUFFER_MEMORY_SHARE / shards.max(1) as u64)
+                .max(MIN_DEFAULT_BUFFER_BUDGET)
+        })
     }
 }
 
@@ -400,6 +429,15 @@ impl Config {
         }
         if http.idle_timeout_ms == 0 {
             return Err(invalid("http.idle_timeout_ms", "must be at least 1 ms"));
+        }
+        if http
+            .max_buffered_bytes_per_shard
+            .is_some_and(|b| b < (1 << 20))
+        {
+            return Err(invalid(
+                "http.max_buffered_bytes_per_shard",
+                "must be at least 1 MiB (1048576): every connection needs some buffer",
+            ));
         }
         if http.listen_backlog == 0 {
             return Err(invalid("http.listen_backlog", "must be at least 1"));

@@ -120,6 +120,28 @@ pub fn plan_shards(shards: &ShardsConfig, allowed: &[usize]) -> Result<Vec<usize
     }
 }
 
+/// The memory this process may use, in bytes: the machine's physical memory, or the cgroup's
+/// limit (`memory.max`, cgroup v2) where that is lower, as in a container.
+pub fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for a name it does not know.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let machine = if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        u64::MAX
+    };
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    machine.min(cgroup)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,6 +261,12 @@ pub(crate) struct Connection {
     /// the minimum body rate.
     received_bytes: u64,
     body_start: (Instant, u64),
+    /// Bytes sent since accept, and the count when the current run of sending began (with
+    /// when), for the minimum send rate.
+    sent_bytes: u64,
+    send_start: (Instant, u64),
+    /// Bytes of buffer this connection has counted into the shard's `buffered`.
+    footprint: usize,
 }
 
 impl Connection {
@@ -295,6 +301,9 @@ impl Connection {
             held: false,
             received_bytes: 0,
             body_start: (now, 0),
+            sent_bytes: 0,
+            send_start: (now, 0),
+            footprint: 0,
         }
     }
 
@@ -324,6 +333,11 @@ impl Connection {
         (self.body_start.0, self.received_bytes - self.body_start.1)
     }
 
+    /// When the current run of sending began, and how many bytes have left since.
+    pub(crate) fn send_progress(&self) -> (Instant, u64) {
+        (self.send_start.0, self.sent_bytes - self.send_start.1)
+    }
+
     /// Whether a request has arrived on it (a silent new connection is timed out like a head).
     pub(crate) fn has_served(&self) -> bool {
         self.served
@@ -347,6 +361,14 @@ impl Connection {
         self.shut_write |= how != libc::SHUT_RD;
     }
 
+    /// Cuts a client that does not take its response: shuts the socket down like
+    /// [`Connection::shut_down`], and makes the close a reset, so the kernel drops what its
+    /// send buffer still holds for the client rather than keep it until the client reads it.
+    pub(crate) fn reset(&mut self) {
+        let _ = socket2::SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
+        self.shut_down(libc::SHUT_RDWR);
+    }
+
     /// Whether it has ended: closing, with no operation in flight. The shard then frees it.
     pub(crate) fn is_finished(&self) -> bool {
         self.life == Life::Closing && !self.recv_in_flight && !self.send_in_flight
@@ -368,7 +390,8 @@ impl Connection {
     }
 
     /// Gives its buffers back to the pools (the shard calls this once it is finished).
-    pub(crate) fn release(self, core: &Core) -> OwnedFd {
+    pub(crate) fn release(self, core: &mut Core) -> OwnedFd {
+        core.buffered -= self.footprint;
         core.pools.read.give(self.read.buf);
         core.pools.write.give(self.write);
         core.pools.write.give(self.sending);
@@ -424,6 +447,7 @@ impl Connection {
         match result {
             Ok(n) if n > 0 => {
                 self.sent += n;
+                self.sent_bytes += n as u64;
                 if self.sent < self.sending.len() {
                     // Progress: the client is reading. Send the rest (which restarts the clock).
                     self.send_from_sending(key, engine);
@@ -523,8 +547,20 @@ impl Connection {
         self.advance(key, core, engine);
     }
 
-    /// Answers what it can, sends what it wrote, and asks for more bytes, or closes.
+    /// Answers what it can, sends what it wrote, and asks for more bytes, or closes; then
+    /// brings its share of the shard's buffer count up to date.
     fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        self.step(key, core, engine);
+        let footprint = self.read.buf.len()
+            + self.write.capacity()
+            + self.sending.capacity()
+            + self.scratch.capacity()
+            + self.dechunked.capacity();
+        core.buffered = core.buffered - self.footprint + footprint;
+        self.footprint = footprint;
+    }
+
+    fn step(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
         if self.life == Life::Open
             && self.parked.is_none()
             && self.close_after.is_none()
@@ -628,8 +664,12 @@ impl Connection {
         // encoded into `write`, and the buffers swap only when no send is in flight.
         unsafe { engine.send(key, self.fd.as_raw_fd(), rest.as_ptr(), rest.len()) };
         self.send_in_flight = true;
+        let now = Instant::now();
+        if self.phase != Phase::Write {
+            self.send_start = (now, self.sent_bytes);
+        }
         self.phase = Phase::Write;
-        self.since = Instant::now();
+        self.since = now;
     }
 
     /// Answers every complete request already buffered, until one parks, one closes the
@@ -656,7 +696,17 @@ impl Connection {
                 })) => {
                     self.need = need;
                     self.backlog = false;
-                    if self.eof {
+                    if let Some(e) = self.over_budget(need, core) {
+                        let date = core.service.date();
+                        Responder::new(
+                            &mut self.write,
+                            &mut self.scratch,
+                            &date,
+                            ResponseMode::CLOSE,
+                        )
+                        .error(&e);
+                        self.close_after = Some(Close::Server);
+                    } else if self.eof {
                         // No more bytes will come: this request can never complete.
                         self.close_after = Some(Close::Client);
                     } else if send_continue {
@@ -681,6 +731,34 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Why the request being read cannot have the buffer it needs (`need` bytes from
+    /// `read.start`) without taking the shard past its buffer budget, if it cannot. A request
+    /// that fits the buffer it has always proceeds; one that needs more is refused while the
+    /// shard's connections hold too much (large responses that slow readers have not taken,
+    /// other large requests), before its body is read.
+    fn over_budget(&self, need: usize, core: &Core) -> Option<ApiError> {
+        let (len, pending) = (self.read.buf.len(), self.read.end - self.read.start);
+        let target = if need > pending + 1 {
+            need
+        } else if self.read.end == len {
+            // The size is unknown (a head, a chunked body) and the buffer is full: it doubles.
+            len.saturating_mul(2)
+        } else {
+            0
+        };
+        let extra = target.saturating_sub(len);
+        if extra == 0 || core.buffered.saturating_add(extra) <= core.buffer_budget {
+            return None;
+        }
+        Some(ApiError::unavailable(format!(
+            "this shard's connections hold {} MiB of requests and responses and this request \
+             needs {} MiB more (http.max_buffered_bytes_per_shard = {} MiB); retry later",
+            core.buffered >> 20,
+            extra.div_ceil(1 << 20),
+            core.buffer_budget >> 20
+        )))
     }
 
     /// Answers one complete request, or parks it.

@@ -58,6 +58,12 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         .map_err(|e| StartupError::new(format!("cannot create the shards' doorbells: {e}")))?;
     signals::spawn(control, Duration::from_millis(config.drain.timeout_ms))?;
 
+    let memory = topology::physical_memory();
+    let buffer_budget = config.http.buffer_budget(memory, cpus.len());
+    info!(
+        per_shard_mib = buffer_budget >> 20,
+        "connection buffer budget"
+    );
     let (started_tx, started_rx) = channel::bounded(cpus.len());
     let mut threads = Vec::with_capacity(cpus.len());
     for (id, ((cpu, listener), inbox)) in cpus.iter().zip(listeners).zip(inboxes).enumerate() {
@@ -72,6 +78,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
             inbox,
             peers: peers.clone(),
             busy_poll_us: config.shards.busy_poll_us,
+            buffer_budget,
             started: started_tx.clone(),
         };
         let thread = std::thread::Builder::new()

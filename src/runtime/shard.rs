@@ -87,6 +87,8 @@ pub(crate) struct ShardSetup {
     pub inbox: Inbox,
     /// How long to poll for more work after activity before sleeping.
     pub busy_poll_us: u64,
+    /// Most bytes its connections may hold in buffers (`http.max_buffered_bytes_per_shard`).
+    pub buffer_budget: u64,
     /// Every shard's mesh mailbox, by shard id.
     pub peers: Vec<Mailbox>,
     /// Reports `Ok(id)` once serving, or why the shard could not start.
@@ -117,6 +119,10 @@ pub(crate) struct Core {
     gone_epoch: u64,
     /// Connections whose parked request can be answered now.
     pub ready: Vec<usize>,
+    /// Bytes the connections hold in their buffers now (each connection keeps its own share
+    /// up to date), and the most they may hold.
+    pub buffered: usize,
+    pub buffer_budget: usize,
     open: usize,
     accepted: u64,
 }
@@ -165,6 +171,7 @@ struct Shard {
     header_timeout: Duration,
     idle_timeout: Duration,
     min_body_rate: u64,
+    min_send_rate: u64,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
     /// Connections let out of the models' lines this turn (kept for its allocation).
@@ -205,6 +212,7 @@ impl Shard {
             inbox,
             peers,
             busy_poll_us,
+            buffer_budget,
             started: _,
         } = setup;
         let listener: OwnedFd = listener.into();
@@ -243,6 +251,8 @@ impl Shard {
                 },
                 gone_epoch: 0,
                 ready: Vec::new(),
+                buffered: 0,
+                buffer_budget: usize::try_from(buffer_budget).unwrap_or(usize::MAX),
                 open: 0,
                 accepted: 0,
             },
@@ -251,6 +261,7 @@ impl Shard {
             header_timeout: http.header_read_timeout(),
             idle_timeout: http.idle_timeout(),
             min_body_rate: http.min_body_bytes_per_second,
+            min_send_rate: http.min_send_bytes_per_second,
             drain_deadline: None,
             events: Vec::with_capacity(256),
             released: Vec::new(),
@@ -411,7 +422,7 @@ impl Shard {
         let conn = self.conns.remove(key);
         self.engine.remove(key, conn.fd());
         // The socket closes here, after the engine let go of it.
-        drop(conn.release(&self.core));
+        drop(conn.release(&mut self.core));
         self.core.open = self.conns.len();
     }
 
@@ -536,6 +547,7 @@ impl Shard {
     fn sweep(&mut self, now: Instant) {
         let draining = self.drain_deadline.is_some();
         let (min_rate, header_timeout) = (self.min_body_rate, self.header_timeout);
+        let min_send_rate = self.min_send_rate;
         let mut timed_out = 0;
         for (_, c) in self.conns.iter_mut() {
             if c.is_shut() {
@@ -543,6 +555,9 @@ impl Shard {
             }
             let (phase, since) = c.phase();
             let age = now.saturating_duration_since(since);
+            // A client that does not take its response is reset, not shut down: the kernel
+            // would otherwise keep what the socket's send buffer holds until it is read.
+            let reset = phase == Phase::Write;
             let how = match phase {
                 // Drain closes idle connections by their read side, once they have been idle
                 // for DRAIN_IDLE_GRACE: a client between two requests of a conversation gets its
@@ -570,6 +585,12 @@ impl Shard {
                     timed_out += 1;
                     Some(libc::SHUT_RDWR)
                 }
+                // Likewise a client that takes its response a trickle at a time, each bit just
+                // inside the idle timeout: it would pin the response's memory for ever.
+                Phase::Write if too_slow(min_send_rate, header_timeout, c.send_progress(), now) => {
+                    timed_out += 1;
+                    Some(libc::SHUT_RDWR)
+                }
                 Phase::Head if age > self.header_timeout => {
                     timed_out += 1;
                     Some(libc::SHUT_RDWR)
@@ -577,8 +598,10 @@ impl Shard {
                 Phase::Linger if age > LINGER_TIME => Some(libc::SHUT_RDWR),
                 _ => None,
             };
-            if let Some(how) = how {
-                c.shut_down(how);
+            match how {
+                Some(libc::SHUT_RDWR) if reset => c.reset(),
+                Some(how) => c.shut_down(how),
+                None => {}
             }
         }
         if timed_out > 0 {
@@ -665,8 +688,9 @@ impl Shard {
     }
 }
 
-/// Whether a body that began at `start` and has brought `bytes` since arrives slower than
-/// `min_rate` bytes per second, once `grace` has passed (0 turns the check off).
+/// Whether a transfer (a request body, a response) that began at `start` and has moved `bytes`
+/// since goes slower than `min_rate` bytes per second, once `grace` has passed (0 turns the
+/// check off).
 fn too_slow(min_rate: u64, grace: Duration, (start, bytes): (Instant, u64), now: Instant) -> bool {
     let elapsed = now.saturating_duration_since(start);
     min_rate > 0 && elapsed > grace && (bytes as f64) < min_rate as f64 * elapsed.as_secs_f64()
