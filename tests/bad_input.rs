@@ -443,3 +443,24 @@ fn a_trickled_body_is_cut_at_the_minimum_body_rate() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn non_finite_outputs_are_written_as_triton_writes_them() {
+    // NaN and the infinities have no JSON number: Triton writes the tokens NaN, Infinity and
+    // -Infinity (which Python's json reads back), never null.
+    let server = Server::start(1);
+    let v = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.5];
+    let tail = f32_bytes(&v);
+    let r = server.client().post_binary(
+        "/v2/models/identity/infer",
+        &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,4],
+                "parameters":{"binary_data_size":tail.len()}}]}),
+        &tail,
+    );
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body).unwrap();
+    assert!(
+        body.contains(r#""data":[NaN,Infinity,-Infinity,2.5]"#),
+        "{body}"
+    );
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use super::infer_request::InferRequest;
-use super::json_data::JsonData;
+use super::json_data::{to_writer_triton, JsonData};
 use crate::error::ApiError;
 use crate::model::ModelMetadata;
 use crate::tensor::{count_bytes_elements, element_count, Tensor};
@@ -88,7 +88,7 @@ pub fn encode_infer_response<'t>(
         outputs: entries,
     };
     json.clear();
-    serde_json::to_writer(&mut *json, &header).map_err(|e| ApiError::invalid(e.to_string()))?;
+    to_writer_triton(&mut *json, &header).map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(tails)
 }
 

@@ -7,7 +7,9 @@
 //! FP16/BF16 are accepted from JSON numbers (Triton refuses them; converting is friendlier).
 //! Encoding writes a flat array, as Triton does.
 
+use std::cell::Cell;
 use std::fmt;
+use std::io;
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{Error as _, SerializeSeq};
@@ -218,6 +220,80 @@ macro_rules! serialize_le {
     };
 }
 
+macro_rules! serialize_float_le {
+    ($seq:ident, $data:expr, $ty:ty, $n:literal) => {
+        for c in $data.chunks_exact($n) {
+            serialize_float(
+                &mut $seq,
+                <$ty>::from_le_bytes(c.try_into().expect("chunks_exact")),
+            )?;
+        }
+    };
+}
+
+thread_local! {
+    /// The token [`TritonFormatter`] writes for the `null` being serialized now, if that null
+    /// stands for a float JSON cannot spell.
+    static NON_FINITE: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Writes one float element: finite ones as numbers, NaN and infinities as [`NonFinite`].
+fn serialize_float<S: SerializeSeq, F: Into<f64> + Copy + Serialize>(
+    seq: &mut S,
+    v: F,
+) -> Result<(), S::Error> {
+    if v.into().is_finite() {
+        seq.serialize_element(&v)
+    } else {
+        seq.serialize_element(&NonFinite(v.into()))
+    }
+}
+
+/// A float that JSON has no number for. Triton writes these as the bare tokens `NaN`,
+/// `Infinity` and `-Infinity` (RapidJSON's `kWriteNanAndInfFlag`), which Python's `json`,
+/// JavaScript's `JSON5` and RapidJSON read back; a serializer with [`TritonFormatter`] does the
+/// same, any other writes `null`.
+struct NonFinite(f64);
+
+impl Serialize for NonFinite {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let token = if self.0.is_nan() {
+            "NaN"
+        } else if self.0 > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        };
+        NON_FINITE.with(|t| t.set(Some(token)));
+        let written = s.serialize_unit();
+        NON_FINITE.with(|t| t.set(None));
+        written
+    }
+}
+
+/// serde_json's compact output, except that a non-finite float element of a tensor is written
+/// as Triton writes it (see [`NonFinite`]) instead of as `null`.
+pub struct TritonFormatter;
+
+impl serde_json::ser::Formatter for TritonFormatter {
+    fn write_null<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        let token = NON_FINITE.with(Cell::take).unwrap_or("null");
+        writer.write_all(token.as_bytes())
+    }
+}
+
+/// Serializes `value` into `out` as compact JSON, with tensors' non-finite floats written as
+/// Triton writes them.
+pub fn to_writer_triton<W: io::Write, T: Serialize + ?Sized>(
+    out: W,
+    value: &T,
+) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        out,
+        TritonFormatter,
+    ))
+}
+
 impl Serialize for JsonData<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(None)?;
@@ -236,18 +312,18 @@ impl Serialize for JsonData<'_> {
             DataType::Int16 => serialize_le!(seq, data, i16, 2),
             DataType::Int32 => serialize_le!(seq, data, i32, 4),
             DataType::Int64 => serialize_le!(seq, data, i64, 8),
-            DataType::Fp32 => serialize_le!(seq, data, f32, 4),
-            DataType::Fp64 => serialize_le!(seq, data, f64, 8),
+            DataType::Fp32 => serialize_float_le!(seq, data, f32, 4),
+            DataType::Fp64 => serialize_float_le!(seq, data, f64, 8),
             DataType::Fp16 => {
                 for c in data.chunks_exact(2) {
                     let v = half::f16::from_le_bytes([c[0], c[1]]);
-                    seq.serialize_element(&v.to_f32())?;
+                    serialize_float(&mut seq, v.to_f32())?;
                 }
             }
             DataType::Bf16 => {
                 for c in data.chunks_exact(2) {
                     let v = half::bf16::from_le_bytes([c[0], c[1]]);
-                    seq.serialize_element(&v.to_f32())?;
+                    serialize_float(&mut seq, v.to_f32())?;
                 }
             }
             DataType::Bytes => {
@@ -280,6 +356,51 @@ mod tests {
 
     fn encode(d: DataType, data: &[u8]) -> Result<String, serde_json::Error> {
         serde_json::to_string(&JsonData { datatype: d, data })
+    }
+
+    #[test]
+    fn non_finite_floats_are_written_as_triton_writes_them() {
+        let v = [1.5f32, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        to_writer_triton(
+            &mut out,
+            &(
+                JsonData {
+                    datatype: DataType::Fp32,
+                    data: &data,
+                },
+                None::<u8>,
+            ),
+        )
+        .unwrap();
+        // The tensor's non-finite elements are tokens; a genuine null stays null.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[[1.5,NaN,Infinity,-Infinity],null]"
+        );
+        let h: Vec<u8> = [half::f16::NAN, half::f16::NEG_INFINITY]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        to_writer_triton(
+            &mut out,
+            &JsonData {
+                datatype: DataType::Fp16,
+                data: &h,
+            },
+        )
+        .unwrap();
+        assert_eq!(out, b"[NaN,-Infinity]");
+        // Any other serializer writes null, and nothing is left over for the next null.
+        assert_eq!(
+            encode(DataType::Fp32, &data).unwrap(),
+            "[1.5,null,null,null]"
+        );
+        let mut out = Vec::new();
+        to_writer_triton(&mut out, &None::<u8>).unwrap();
+        assert_eq!(out, b"null");
     }
 
     #[test]
