@@ -359,6 +359,21 @@ mod tests {
     }
 
     #[test]
+    fn floats_are_read_correctly_rounded() {
+        // Found by tuning/fuzz.sh (json_data): an integer literal too large for 64 bits was read
+        // one ulp off, so FP64 data did not survive a round trip through friday's own JSON.
+        for text in [
+            "3633720368375784527203685479",
+            "2.2250738585072011e-308",
+            "0.1",
+        ] {
+            let (_, bytes) = decode(DataType::Fp64, &format!("[{text}]")).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(bytes, want.to_le_bytes(), "{text}");
+        }
+    }
+
+    #[test]
     fn non_finite_floats_are_written_as_triton_writes_them() {
         let v = [1.5f32, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
         let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
