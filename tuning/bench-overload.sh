@@ -9,6 +9,7 @@
 #
 #   tuning/bench-overload.sh
 #   ROUNDS=3 PLACEMENTS="worker" DURATION=10s tuning/bench-overload.sh
+#   BIN=/tmp/friday-old tuning/bench-overload.sh      # an older server, the same client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ STORM_CONNS=${STORM_CONNS:-512}
 PLACEMENTS=${PLACEMENTS:-worker inline}
 DURATION=${DURATION:-5s}
 BIN=${BIN:-target/release/friday}
+# The load generator: this tree's friday bench, whatever server BIN is (an older build, say).
+BENCH=${BENCH:-target/release/friday}
 PORT=18092
 URL="http://127.0.0.1:$PORT"
 NICE="nice -n -10"
@@ -43,7 +46,7 @@ start() { # start PLACEMENT
 load() { # load OUT.json ARGS…: one friday bench run on CPU 1
   local out=$1
   shift
-  taskset -c 1 "$BIN" bench --url "$URL" --model "$MODEL" --shape INPUT0:16 --cpus 1 \
+  taskset -c 1 "$BENCH" bench --url "$URL" --model "$MODEL" --shape INPUT0:16 --cpus 1 \
     --duration "$DURATION" --warmup 1s --quiet --json "$out" "$@" > /dev/null
 }
 
@@ -63,7 +66,7 @@ for round in $(seq "$ROUNDS"); do
       # The probe outlasts the storm's warm-up and window; it runs at a higher priority than
       # the load on the same CPU, so that what it measures is the server, not its wait for CPU
       # behind a load generator that spins (ordinary priority where the host refuses).
-      $NICE taskset -c 1 "$BIN" bench --url "$URL" --http-get /v2/health/ready --rate 50 \
+      $NICE taskset -c 1 "$BENCH" bench --url "$URL" --http-get /v2/health/ready --rate 50 \
         --connections 1 --cpus 1 --duration "$DURATION" --warmup 1s --quiet \
         --json "$tmp/probe.json" > /dev/null &
       probe=$!
