@@ -464,3 +464,35 @@ fn non_finite_outputs_are_written_as_triton_writes_them() {
         "{body}"
     );
 }
+
+#[test]
+fn nan_and_infinity_inputs_are_read_as_triton_reads_them() {
+    // Python's json.dumps writes NaN and Infinity as bare tokens, and Triton reads them.
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let body = br#"{"id":"x","inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32","data":[NaN,Infinity,-Infinity,1.5]}]}"#;
+        let r = server
+            .client()
+            .request("POST", "/v2/models/identity/infer", &[], body);
+        assert_eq!(r.status, 200, "{}", r.error());
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.contains(r#""id":"x""#), "{text}");
+        assert!(
+            text.contains(r#""data":[NaN,Infinity,-Infinity,1.5]"#),
+            "{text}"
+        );
+        // Anything else that is not JSON is still a clear 400.
+        let r = server.client().request(
+            "POST",
+            "/v2/models/identity/infer",
+            &[],
+            br#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[nan]}]}"#,
+        );
+        assert_eq!(r.status, 400);
+        assert!(
+            r.error().contains("failed to parse the request JSON"),
+            "{}",
+            r.error()
+        );
+    }
+}

@@ -39,6 +39,7 @@ if [ ! -d corpus ]; then
   seed infer_request simple_json '\x01{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'
   seed infer_request identity_binary '\xa0{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}\x00\x00\x80\x3f'
   seed infer_request raw '\x90\x00\x00\x80\x3f\x00\x00\x00\x40'
+  seed infer_request non_finite '\x00{"inputs":[{"name":"INPUT0","shape":[1,3],"datatype":"FP32","data":[NaN, -Infinity,Inf]}]}'
   seed infer_request bad_json '\x00{"inputs":[{"name":"INPUT0","shape":[1,2],"datatype":"FP32","data":[1e300,2]}]}'
   # json_data: first byte = datatype (0 BOOL .. 11 FP32, 12 FP64, 13 BYTES).
   seed json_data fp32 '\x0b[1.5,-2,3e-7,[4,5]]'

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
-use super::json_data::decode_json_data;
+use super::json_data::{self, decode_json_data};
 use crate::error::ApiError;
 use crate::http::InferenceHeader;
 use crate::model::{ModelMetadata, TensorSpec};
@@ -156,8 +156,38 @@ pub fn decode_infer_request_into<'a>(
             ))
         }
     };
-    let raw: RawRequest<'a> = serde_json::from_slice(json)
-        .map_err(|e| ApiError::invalid(format!("failed to parse the request JSON: {e}")))?;
+    match serde_json::from_slice::<RawRequest<'a>>(json) {
+        Ok(raw) => {
+            let (mut request, id) = decode_parsed(meta, raw, tail, buffer)?;
+            request.id = id;
+            Ok(request)
+        }
+        Err(e) => {
+            // Triton reads the tokens NaN, Infinity and -Infinity as numbers (RapidJSON's
+            // kParseNanAndInfFlag), and Python's json writes them: spell them so serde_json
+            // can read them, and try once more. Only a body that failed pays for this.
+            let Some(spelled) = json_data::spell_non_finite(json) else {
+                return Err(ApiError::invalid(format!(
+                    "failed to parse the request JSON: {e}"
+                )));
+            };
+            let raw: RawRequest<'_> = serde_json::from_slice(&spelled)
+                .map_err(|e| ApiError::invalid(format!("failed to parse the request JSON: {e}")))?;
+            let (mut request, id) = decode_parsed(meta, raw, tail, buffer)?;
+            request.id = id.map(|id| Cow::Owned(id.into_owned()));
+            Ok(request)
+        }
+    }
+}
+
+/// Checks a parsed request against the model and decodes its tensors; the id (borrowed from
+/// the JSON, which may not be the body) is returned apart.
+fn decode_parsed<'j, 'a>(
+    meta: &ModelMetadata,
+    raw: RawRequest<'j>,
+    tail: &'a [u8],
+    buffer: &mut dyn FnMut(usize) -> Vec<u8>,
+) -> Result<(InferRequest<'a>, Option<Cow<'j, str>>), ApiError> {
     let params = raw.parameters.unwrap_or_default();
     let binary_default = params.binary_data_output.unwrap_or(false);
 
@@ -260,20 +290,21 @@ pub fn decode_infer_request_into<'a>(
             chosen
         }
     };
-    Ok(InferRequest {
-        id: raw.id,
+    let request = InferRequest {
+        id: None,
         inputs,
         outputs,
         batch_size,
         priority: params.priority,
         timeout_us: params.timeout,
-    })
+    };
+    Ok((request, raw.id))
 }
 
 fn decode_input<'a>(
     meta: &ModelMetadata,
     spec: &TensorSpec,
-    input: RawInput<'a>,
+    input: RawInput<'_>,
     tail: &'a [u8],
     tail_pos: &mut usize,
     buffer: &mut dyn FnMut(usize) -> Vec<u8>,

@@ -115,6 +115,24 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         let r = match self.datatype {
+            DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64
+                if v.starts_with('\0') =>
+            {
+                // `spelled` is `"\u0000TOKEN"`; `v` is that string read: NUL, then TOKEN.
+                match SPELLED
+                    .iter()
+                    .find(|(_, spelled, _)| spelled[7..spelled.len() - 1] == v[1..])
+                {
+                    Some(&(_, _, value)) => {
+                        push_non_finite(self.datatype, value, self.out);
+                        Ok(())
+                    }
+                    None => Err(format!(
+                        "expected {} element, got string",
+                        self.datatype.name()
+                    )),
+                }
+            }
             DataType::Bytes => match u32::try_from(v.len()) {
                 Ok(len) => {
                     self.out.extend_from_slice(&len.to_le_bytes());
@@ -143,6 +161,70 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
     }
 }
 
+/// How [`spell_non_finite`] spells a NaN or an infinity: a JSON string no client would send as a
+/// number (it starts with a NUL), which the float datatypes read back as what it stands for.
+const SPELLED: [(&str, &str, f64); 5] = [
+    ("NaN", "\"\\u0000NaN\"", f64::NAN),
+    ("Infinity", "\"\\u0000Infinity\"", f64::INFINITY),
+    ("-Infinity", "\"\\u0000-Infinity\"", f64::NEG_INFINITY),
+    ("Inf", "\"\\u0000Infinity\"", f64::INFINITY),
+    ("-Inf", "\"\\u0000-Infinity\"", f64::NEG_INFINITY),
+];
+
+/// `json` with every bare `NaN`, `Infinity`, `-Infinity`, `Inf` and `-Inf` value (outside
+/// strings) spelled as a string the float datatypes read back, or None if it has none. These
+/// tokens are not JSON, but Triton reads them (RapidJSON's `kParseNanAndInfFlag`) and Python's
+/// `json.dumps` writes them for NaN and the infinities.
+pub fn spell_non_finite(json: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut in_string, mut escaped, mut last, mut copied) = (false, false, b' ', 0);
+    let mut i = 0;
+    while i < json.len() {
+        let c = json[i];
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+        } else if matches!(last, b'[' | b',' | b':') && matches!(c, b'N' | b'I' | b'-') {
+            // The longest token that matches here and ends at a delimiter.
+            let token = SPELLED
+                .iter()
+                .filter(|(t, _, _)| {
+                    json[i..].starts_with(t.as_bytes())
+                        && json.get(i + t.len()).is_none_or(|d| {
+                            matches!(d, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
+                        })
+                })
+                .max_by_key(|(t, _, _)| t.len());
+            if let Some((t, spelled, _)) = token {
+                out.extend_from_slice(&json[copied..i]);
+                out.extend_from_slice(spelled.as_bytes());
+                i += t.len();
+                copied = i;
+                last = b'"';
+                continue;
+            }
+        }
+        if !c.is_ascii_whitespace() {
+            last = c;
+        }
+        i += 1;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&json[copied..]);
+    Some(out)
+}
+
 fn push_integer(datatype: DataType, v: i128, out: &mut Vec<u8>) -> Result<(), String> {
     fn fit<T: TryFrom<i128>>(v: i128, d: DataType) -> Result<T, String> {
         T::try_from(v).map_err(|_| format!("value {v} is out of range for {}", d.name()))
@@ -165,6 +247,16 @@ fn push_integer(datatype: DataType, v: i128, out: &mut Vec<u8>) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// A NaN or an infinity as `datatype` (a float type).
+fn push_non_finite(datatype: DataType, v: f64, out: &mut Vec<u8>) {
+    match datatype {
+        DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+        DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+        DataType::Fp32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+        _ => out.extend_from_slice(&v.to_le_bytes()),
+    }
 }
 
 fn push_float(datatype: DataType, v: f64, out: &mut Vec<u8>) -> Result<(), String> {
@@ -356,6 +448,47 @@ mod tests {
 
     fn encode(d: DataType, data: &[u8]) -> Result<String, serde_json::Error> {
         serde_json::to_string(&JsonData { datatype: d, data })
+    }
+
+    #[test]
+    fn nan_and_infinity_tokens_are_read_as_triton_reads_them() {
+        let body =
+            br#"{"id":"NaN, Infinity","x":[NaN,-Infinity, Infinity ,Inf,-Inf],"y":{"k":NaN}}"#;
+        let spelled = String::from_utf8(spell_non_finite(body).unwrap()).unwrap();
+        assert_eq!(
+            spelled,
+            r#"{"id":"NaN, Infinity","x":["\u0000NaN","\u0000-Infinity", "\u0000Infinity" ,"\u0000Infinity","\u0000-Infinity"],"y":{"k":"\u0000NaN"}}"#
+        );
+        assert_eq!(
+            spell_non_finite(br#"{"a":"NaN","b":[1,2],"c":"\"NaN"}"#),
+            None
+        );
+        assert_eq!(spell_non_finite(br#"{"a":[NaNa,Infinite]}"#), None);
+        let v: serde_json::Value = serde_json::from_str(&spelled).unwrap();
+        let x = v["x"].to_string();
+        let (n, bytes) = decode(DataType::Fp32, &x).unwrap();
+        assert_eq!(n, 5);
+        let f: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(f[0].is_nan());
+        assert_eq!(
+            &f[1..],
+            &[
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+                f32::INFINITY,
+                f32::NEG_INFINITY
+            ]
+        );
+        let (_, h) = decode(DataType::Fp16, &x).unwrap();
+        assert!(half::f16::from_le_bytes([h[0], h[1]]).is_nan());
+        // Integers have no NaN; an ordinary string is still an error.
+        assert!(decode(DataType::Int32, &x).unwrap_err().contains("string"));
+        assert!(decode(DataType::Fp32, r#"["NaN"]"#)
+            .unwrap_err()
+            .contains("string"));
     }
 
     #[test]
