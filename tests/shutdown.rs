@@ -175,63 +175,91 @@ fn the_port_is_free_the_moment_the_drain_ends() {
     }
 }
 
-#[test]
-fn a_drain_under_clients_reusing_their_connections_answers_every_request() {
-    // Clients in a conversation, pausing 0–10 ms between requests, as when SIGTERM arrives: every
-    // request they send gets an answer. A response sent while draining says `Connection: close`,
-    // and a client stops on it (as HTTP clients do); a request that finds its connection closed
-    // without an answer is lost.
+/// Clients in a conversation, pausing 0-10 ms between requests (`request`), as SIGTERM arrives:
+/// every request they send gets an answer (one of `statuses`). A response sent while draining
+/// says `Connection: close`, and a client stops on it (as HTTP clients do); a request that finds
+/// its connection closed without an answer is lost.
+fn drain_under_reusing_clients(shards: usize, extra: &[&str], request: &[u8], statuses: &[u16]) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
     const CLIENTS: usize = 32;
-    for shards in [1, 2] {
-        let mut s = Server::start(shards);
-        let (lost, answered) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        std::thread::scope(|scope| {
-            for id in 0..CLIENTS {
-                let (lost, answered) = (&lost, &answered);
-                let addr = s.addr;
-                scope.spawn(move || {
-                    let mut c = Client::connect(addr);
-                    let req = request_bytes("GET", "/v2/health/live", &[], b"");
-                    let mut rng = id as u64 * 7919 + 1;
-                    loop {
-                        if c.stream.write_all(&req).is_err() {
+    let mut s = Server::start_with(shards, extra);
+    let (lost, answered) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for id in 0..CLIENTS {
+            let (lost, answered) = (&lost, &answered);
+            let addr = s.addr;
+            scope.spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut rng = id as u64 * 7919 + 1;
+                loop {
+                    if c.stream.write_all(request).is_err() {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    // A response, or the connection ended without one.
+                    let mut peek = [0u8; 1];
+                    match c.stream.peek(&mut peek) {
+                        Ok(0) | Err(_) => {
                             lost.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
-                        // A response, or the connection ended without one.
-                        let mut peek = [0u8; 1];
-                        match c.stream.peek(&mut peek) {
-                            Ok(0) | Err(_) => {
-                                lost.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            Ok(_) => {}
-                        }
-                        let r = c.read_response();
-                        assert_eq!(r.status, 200);
-                        answered.fetch_add(1, Ordering::Relaxed);
-                        if r.closes() {
-                            let mut rest = Vec::new();
-                            let _ = c.stream.read_to_end(&mut rest);
-                            return;
-                        }
-                        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
-                        std::thread::sleep(Duration::from_micros((rng >> 33) % 10_000));
+                        Ok(_) => {}
                     }
-                });
-            }
-            std::thread::sleep(Duration::from_millis(300));
-            s.signal(libc::SIGTERM);
-        });
-        let status = s.wait_exit(WAIT).expect("friday exits after the drain");
-        assert!(status.success(), "{status:?}");
-        assert!(answered.load(Ordering::Relaxed) > CLIENTS);
-        assert_eq!(
-            lost.load(Ordering::Relaxed),
-            0,
-            "{shards} shard(s): requests without an answer during the drain"
+                    let r = c.read_response();
+                    assert!(statuses.contains(&r.status), "{} {}", r.status, r.error());
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if r.closes() {
+                        let mut rest = Vec::new();
+                        let _ = c.stream.read_to_end(&mut rest);
+                        return;
+                    }
+                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::thread::sleep(Duration::from_micros((rng >> 33) % 10_000));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        s.signal(libc::SIGTERM);
+    });
+    let status = s.wait_exit(WAIT).expect("friday exits after the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(answered.load(Ordering::Relaxed) > CLIENTS);
+    assert_eq!(
+        lost.load(Ordering::Relaxed),
+        0,
+        "{shards} shard(s): requests without an answer during the drain"
+    );
+}
+
+#[test]
+fn a_drain_under_clients_reusing_their_connections_answers_every_request() {
+    let request = request_bytes("GET", "/v2/health/live", &[], b"");
+    for shards in [1, 2] {
+        drain_under_reusing_clients(shards, &[], &request, &[200]);
+    }
+}
+
+#[test]
+fn a_drain_answers_connections_resting_in_a_saturated_models_line() {
+    // A model with room for 2 waiting requests and 32 clients: most connections rest in the
+    // model's line (refused with 429, or answered while others wait) when SIGTERM arrives. The
+    // drain lets them all go, and every request they send is answered.
+    let cfg = config_file("drain-line", &slow_synthetic(2000, "max_queue_size = 2"));
+    let body = serde_json::json!({"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[1.0]}]})
+        .to_string();
+    let request = request_bytes(
+        "POST",
+        "/v2/models/synthetic/infer",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    for shards in [1, 2] {
+        drain_under_reusing_clients(
+            shards,
+            &["--config", cfg.to_str().unwrap()],
+            &request,
+            &[200, 429, 503],
         );
     }
 }
