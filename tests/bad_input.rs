@@ -481,18 +481,22 @@ fn nan_and_infinity_inputs_are_read_as_triton_reads_them() {
             text.contains(r#""data":[NaN,Infinity,-Infinity,1.5]"#),
             "{text}"
         );
-        // Anything else that is not JSON is still a clear 400.
-        let r = server.client().request(
-            "POST",
-            "/v2/models/identity/infer",
-            &[],
-            br#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[nan]}]}"#,
-        );
-        assert_eq!(r.status, 400);
-        assert!(
-            r.error().contains("failed to parse the request JSON"),
-            "{}",
-            r.error()
-        );
+        // Anything else that is not JSON is still a clear 400: other spellings, and the tokens
+        // anywhere but in tensor data.
+        for body in [
+            br#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[nan]}]}"#
+                .as_slice(),
+            br#"{"id":NaN,"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"FP32","data":[NaN]}]}"#,
+        ] {
+            let r = server
+                .client()
+                .request("POST", "/v2/models/identity/infer", &[], body);
+            assert_eq!(r.status, 400);
+            assert!(
+                r.error().contains("failed to parse the request JSON"),
+                "{}",
+                r.error()
+            );
+        }
     }
 }

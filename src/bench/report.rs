@@ -215,7 +215,10 @@ impl RunResult {
             out += "  WARNING       no request due in the window succeeded\n";
         }
         out += &format!("  throughput    {:.1} req/s ok\n", self.throughput);
-        if (self.delivered - self.throughput).abs() > 0.01 * self.throughput.max(1.0) {
+        // (A report written before `delivered` existed reads it as 0: say nothing then.)
+        if self.delivered > 0.0
+            && (self.delivered - self.throughput).abs() > 0.01 * self.throughput.max(1.0)
+        {
             out += &format!(
                 "  delivered     {:.1} req/s ok completed in the window, whenever due\n",
                 self.delivered

@@ -171,8 +171,9 @@ pub fn decode_infer_request_into<'a>(
                     "failed to parse the request JSON: {e}"
                 )));
             };
+            // If it still fails, the first error is the one about what the client sent.
             let raw: RawRequest<'_> = serde_json::from_slice(&spelled)
-                .map_err(|e| ApiError::invalid(format!("failed to parse the request JSON: {e}")))?;
+                .map_err(|_| ApiError::invalid(format!("failed to parse the request JSON: {e}")))?;
             let (mut request, id) = decode_parsed(meta, raw, tail, buffer)?;
             request.id = id.map(|id| Cow::Owned(id.into_owned()));
             Ok(request)

@@ -118,12 +118,8 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
             DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64
                 if v.starts_with('\0') =>
             {
-                // `spelled` is `"\u0000TOKEN"`; `v` is that string read: NUL, then TOKEN.
-                match SPELLED
-                    .iter()
-                    .find(|(_, spelled, _)| spelled[7..spelled.len() - 1] == v[1..])
-                {
-                    Some(&(_, _, value)) => {
+                match spelled_value(v) {
+                    Some(value) => {
                         push_non_finite(self.datatype, value, self.out);
                         Ok(())
                     }
@@ -132,6 +128,9 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
                         self.datatype.name()
                     )),
                 }
+            }
+            DataType::Bytes if is_spelled(v) => {
+                Err("expected BYTES element (a string), got a bare NaN or Infinity".to_string())
             }
             DataType::Bytes => match u32::try_from(v.len()) {
                 Ok(len) => {
@@ -163,21 +162,41 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
 
 /// How [`spell_non_finite`] spells a NaN or an infinity: a JSON string no client would send as a
 /// number (it starts with a NUL), which the float datatypes read back as what it stands for.
-const SPELLED: [(&str, &str, f64); 5] = [
+const SPELLED: [(&str, &str, f64); 6] = [
     ("NaN", "\"\\u0000NaN\"", f64::NAN),
+    ("-NaN", "\"\\u0000NaN\"", f64::NAN),
     ("Infinity", "\"\\u0000Infinity\"", f64::INFINITY),
     ("-Infinity", "\"\\u0000-Infinity\"", f64::NEG_INFINITY),
     ("Inf", "\"\\u0000Infinity\"", f64::INFINITY),
     ("-Inf", "\"\\u0000-Infinity\"", f64::NEG_INFINITY),
 ];
 
-/// `json` with every bare `NaN`, `Infinity`, `-Infinity`, `Inf` and `-Inf` value (outside
-/// strings) spelled as a string the float datatypes read back, or None if it has none. These
-/// tokens are not JSON, but Triton reads them (RapidJSON's `kParseNanAndInfFlag`) and Python's
-/// `json.dumps` writes them for NaN and the infinities.
+/// What a string [`spell_non_finite`] wrote stands for, if it is one: `spelled` is
+/// `"\u0000TOKEN"`, and `v` is that string read (NUL, then TOKEN).
+fn spelled_value(v: &str) -> Option<f64> {
+    let token = v.strip_prefix('\0')?;
+    SPELLED
+        .iter()
+        .find(|(_, spelled, _)| &spelled[7..spelled.len() - 1] == token)
+        .map(|&(_, _, value)| value)
+}
+
+fn is_spelled(v: &str) -> bool {
+    spelled_value(v).is_some()
+}
+
+/// `json` with every bare `NaN`, `-NaN`, `Infinity`, `-Infinity`, `Inf` and `-Inf` element of a
+/// `"data"` array spelled as a string the float datatypes read back, or None if it has none.
+/// These tokens are not JSON, but Triton reads them (RapidJSON's `kParseNanAndInfFlag`) and
+/// Python's `json.dumps` writes them for NaN and the infinities. Anywhere else they stay as they
+/// are, so the body is still refused as JSON.
 pub fn spell_non_finite(json: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let (mut in_string, mut escaped, mut last, mut copied) = (false, false, b' ', 0);
+    // Nesting depth; the depth just outside the `"data"` array being scanned, if any; whether
+    // the last key was `"data"` and its value has not begun; where the last string began.
+    let (mut depth, mut data_depth, mut data_key, mut string_start) = (0usize, None, false, 0);
+    let mut last_string: &[u8] = &[];
     let mut i = 0;
     while i < json.len() {
         let c = json[i];
@@ -185,35 +204,59 @@ pub fn spell_non_finite(json: &[u8]) -> Option<Vec<u8>> {
             match c {
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
-                b'"' => in_string = false,
+                b'"' => {
+                    in_string = false;
+                    last_string = &json[string_start..i];
+                }
                 _ => {}
             }
             i += 1;
             continue;
         }
-        if c == b'"' {
-            in_string = true;
-        } else if matches!(last, b'[' | b',' | b':') && matches!(c, b'N' | b'I' | b'-') {
-            // The longest token that matches here and ends at a delimiter.
-            let token = SPELLED
-                .iter()
-                .filter(|(t, _, _)| {
-                    json[i..].starts_with(t.as_bytes())
-                        && json.get(i + t.len()).is_none_or(|d| {
-                            matches!(d, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
-                        })
-                })
-                .max_by_key(|(t, _, _)| t.len());
-            if let Some((t, spelled, _)) = token {
-                out.extend_from_slice(&json[copied..i]);
-                out.extend_from_slice(spelled.as_bytes());
-                i += t.len();
-                copied = i;
-                last = b'"';
-                continue;
+        match c {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
             }
+            b':' => data_key = last == b'"' && last_string == b"data",
+            b'[' | b'{' => {
+                if c == b'[' && data_key && data_depth.is_none() {
+                    data_depth = Some(depth);
+                }
+                depth += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if data_depth == Some(depth) {
+                    data_depth = None;
+                }
+            }
+            b'N' | b'I' | b'-' if data_depth.is_some() && matches!(last, b'[' | b',') => {
+                // The longest token that matches here and ends at a delimiter.
+                let token = SPELLED
+                    .iter()
+                    .filter(|(t, _, _)| {
+                        json[i..].starts_with(t.as_bytes())
+                            && json.get(i + t.len()).is_none_or(|d| {
+                                matches!(d, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                            })
+                    })
+                    .max_by_key(|(t, _, _)| t.len());
+                if let Some((t, spelled, _)) = token {
+                    out.extend_from_slice(&json[copied..i]);
+                    out.extend_from_slice(spelled.as_bytes());
+                    i += t.len();
+                    copied = i;
+                    last = b'"';
+                    continue;
+                }
+            }
+            _ => {}
         }
         if !c.is_ascii_whitespace() {
+            if c != b':' {
+                data_key &= c == b'[';
+            }
             last = c;
         }
         i += 1;
@@ -452,29 +495,38 @@ mod tests {
 
     #[test]
     fn nan_and_infinity_tokens_are_read_as_triton_reads_them() {
-        let body =
-            br#"{"id":"NaN, Infinity","x":[NaN,-Infinity, Infinity ,Inf,-Inf],"y":{"k":NaN}}"#;
+        let body = br#"{"id":"NaN, Infinity","inputs":[{"data":[NaN,-Infinity, [Infinity ,Inf],-Inf,-NaN]},{"data":[1]}]}"#;
         let spelled = String::from_utf8(spell_non_finite(body).unwrap()).unwrap();
         assert_eq!(
             spelled,
-            r#"{"id":"NaN, Infinity","x":["\u0000NaN","\u0000-Infinity", "\u0000Infinity" ,"\u0000Infinity","\u0000-Infinity"],"y":{"k":"\u0000NaN"}}"#
+            r#"{"id":"NaN, Infinity","inputs":[{"data":["\u0000NaN","\u0000-Infinity", ["\u0000Infinity" ,"\u0000Infinity"],"\u0000-Infinity","\u0000NaN"]},{"data":[1]}]}"#
         );
-        assert_eq!(
-            spell_non_finite(br#"{"a":"NaN","b":[1,2],"c":"\"NaN"}"#),
-            None
-        );
-        assert_eq!(spell_non_finite(br#"{"a":[NaNa,Infinite]}"#), None);
+        // Only in "data" arrays, only as elements, never inside strings.
+        for body in [
+            br#"{"a":"NaN","data":[1,2],"c":"\"NaN"}"#.as_slice(),
+            br#"{"data":[NaNa,Infinite]}"#,
+            br#"{"id":NaN,"data":[1]}"#,
+            br#"{"x":[NaN],"data":[1]}"#,
+            br#"{"data":NaN}"#,
+        ] {
+            assert_eq!(
+                spell_non_finite(body),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
         let v: serde_json::Value = serde_json::from_str(&spelled).unwrap();
-        let x = v["x"].to_string();
+        let x = v["inputs"][0]["data"].to_string();
         let (n, bytes) = decode(DataType::Fp32, &x).unwrap();
-        assert_eq!(n, 5);
+        assert_eq!(n, 6);
         let f: Vec<f32> = bytes
             .chunks(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        assert!(f[0].is_nan());
+        assert!(f[0].is_nan() && f[5].is_nan());
         assert_eq!(
-            &f[1..],
+            &f[1..5],
             &[
                 f32::NEG_INFINITY,
                 f32::INFINITY,
@@ -484,8 +536,9 @@ mod tests {
         );
         let (_, h) = decode(DataType::Fp16, &x).unwrap();
         assert!(half::f16::from_le_bytes([h[0], h[1]]).is_nan());
-        // Integers have no NaN; an ordinary string is still an error.
+        // Integers have no NaN, BYTES elements are strings, and an ordinary string is no float.
         assert!(decode(DataType::Int32, &x).unwrap_err().contains("string"));
+        assert!(decode(DataType::Bytes, &x).unwrap_err().contains("NaN"));
         assert!(decode(DataType::Fp32, r#"["NaN"]"#)
             .unwrap_err()
             .contains("string"));

@@ -121,7 +121,9 @@ pub(crate) struct Batcher {
     /// Connections resting until this model has room, first come first served: nothing is read
     /// from them meanwhile, so their clients' next requests wait in the kernel and TCP pushes
     /// back, instead of each one costing the shard a 429 (see [`Batcher::hold`]).
-    line: VecDeque<(usize, Instant)>,
+    /// Each entry is a connection's slab key, its id (a key is reused once its connection
+    /// closes; the id is not), and when it began to rest.
+    line: VecDeque<(usize, u64, Instant)>,
     /// Queue slots freed (requests dispatched, expired or dropped) since the line last moved.
     freed: usize,
     /// How long the model's last batch ran.
@@ -316,40 +318,44 @@ impl Batcher {
     /// overload the shard's work follows what the model completes, not what clients send (a
     /// closed loop of a thousand clients costs no more than one of a hundred), and clients take
     /// turns, first come first served.
-    pub(crate) fn hold(&mut self, conn: usize, now: Instant) {
-        self.line.push_back((conn, now));
+    pub(crate) fn hold(&mut self, conn: usize, id: u64, now: Instant) {
+        self.line.push_back((conn, id, now));
     }
 
-    /// Connections to read again: one per queue slot freed since the last call, those that have
-    /// rested [`MAX_HOLD`], and, if the model has nothing queued or running (the slots freed went
-    /// to clients that left), as many as the queue holds.
-    pub(crate) fn release(&mut self, now: Instant, out: &mut Vec<usize>) {
+    /// Connections to read again (key and id): one per queue slot freed since the last call,
+    /// those that have rested [`MAX_HOLD`], and, if the model has nothing queued or running (the
+    /// slots freed went to clients that left), as many as the queue holds. An entry whose
+    /// connection has closed meanwhile (`resting` says no) is dropped without taking a slot.
+    pub(crate) fn release(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<(usize, u64)>,
+        resting: impl Fn(usize, u64) -> bool,
+    ) {
+        let mut n = std::mem::take(&mut self.freed);
         if self.line.is_empty() {
-            self.freed = 0;
             return;
         }
-        let mut n = std::mem::take(&mut self.freed);
         if self.queue.is_empty() && self.in_flight.is_none() {
             n = n.max(self.max_queue_size);
         }
-        while let Some(&(conn, since)) = self.line.front() {
+        while let Some(&(conn, id, since)) = self.line.front() {
+            if !resting(conn, id) {
+                self.line.pop_front();
+                continue;
+            }
             if n == 0 && now.saturating_duration_since(since) < MAX_HOLD {
                 break;
             }
             n = n.saturating_sub(1);
-            out.push(conn);
+            out.push((conn, id));
             self.line.pop_front();
         }
     }
 
-    /// Whether connections rest in the line.
-    pub(crate) fn has_line(&self) -> bool {
-        !self.line.is_empty()
-    }
-
     /// Lets every resting connection go (the shard drains).
-    pub(crate) fn release_all(&mut self, out: &mut Vec<usize>) {
-        out.extend(self.line.drain(..).map(|(conn, _)| conn));
+    pub(crate) fn release_all(&mut self, out: &mut Vec<(usize, u64)>) {
+        out.extend(self.line.drain(..).map(|(conn, id, _)| (conn, id)));
         self.freed = 0;
     }
 

@@ -257,6 +257,8 @@ pub(crate) struct Connection {
     /// It rests in a model's line (see [`Batcher::hold`]): nothing more is read or decoded until
     /// the batcher releases it.
     held: bool,
+    /// Unique among the shard's connections for its life (slab keys are reused).
+    id: u64,
     /// Bytes received since accept, and the count when the current body began (with when), for
     /// the minimum body rate.
     received_bytes: u64,
@@ -265,8 +267,14 @@ pub(crate) struct Connection {
     /// when), for the minimum send rate.
     sent_bytes: u64,
     send_start: (Instant, u64),
+    /// Sends follow one another without a pause (a response in parts, pipelined responses):
+    /// the minimum send rate is measured over the whole run.
+    send_run: bool,
     /// Bytes of buffer this connection has counted into the shard's `buffered`.
     footprint: usize,
+    /// The size the request being read was admitted at against the buffer budget (its
+    /// Content-Length, reserved at once so that other connections see it), or 0.
+    reserved: usize,
 }
 
 impl Connection {
@@ -299,11 +307,14 @@ impl Connection {
             gone: false,
             served: false,
             held: false,
+            id: core.accepted(),
             received_bytes: 0,
             body_start: (now, 0),
             sent_bytes: 0,
             send_start: (now, 0),
+            send_run: false,
             footprint: 0,
+            reserved: 0,
         }
     }
 
@@ -456,6 +467,8 @@ impl Connection {
                 self.sending.clear();
                 self.sent = 0;
                 self.since = Instant::now();
+                // The run goes on if more output already waits (`advance` sends it now).
+                self.send_run = !self.write.is_empty();
             }
             _ => {
                 // The client is gone (reset, or a socket the sweep shut down): nothing more can
@@ -507,7 +520,7 @@ impl Connection {
                 let answered = answered.map(|mut a| {
                     a.held = a.keep_open
                         && !draining
-                        && hold_if_saturated(&mut core.batchers[job.model], key);
+                        && hold_if_saturated(&mut core.batchers[job.model], key, self.id);
                     a
                 });
                 (answered.ok(), head.keep_alive)
@@ -536,9 +549,20 @@ impl Connection {
         self.advance(key, core, engine);
     }
 
+    /// Whether it is connection `id` and rests in a line.
+    pub(crate) fn is_resting(&self, id: u64) -> bool {
+        self.held && self.id == id
+    }
+
     /// Its model's batcher let it out of the line: read and answer again.
-    pub(crate) fn release_hold(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
-        if !self.held {
+    pub(crate) fn release_hold(
+        &mut self,
+        key: usize,
+        id: u64,
+        core: &mut Core,
+        engine: &mut Engine,
+    ) {
+        if !self.is_resting(id) {
             // A connection that closed while it rested, and whose slot a new one took.
             return;
         }
@@ -551,7 +575,7 @@ impl Connection {
     /// brings its share of the shard's buffer count up to date.
     fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
         self.step(key, core, engine);
-        let footprint = self.read.buf.len()
+        let footprint = self.read.buf.len().max(self.reserved)
             + self.write.capacity()
             + self.sending.capacity()
             + self.scratch.capacity()
@@ -665,7 +689,8 @@ impl Connection {
         unsafe { engine.send(key, self.fd.as_raw_fd(), rest.as_ptr(), rest.len()) };
         self.send_in_flight = true;
         let now = Instant::now();
-        if self.phase != Phase::Write {
+        if !self.send_run {
+            self.send_run = true;
             self.send_start = (now, self.sent_bytes);
         }
         self.phase = Phase::Write;
@@ -696,7 +721,7 @@ impl Connection {
                 })) => {
                     self.need = need;
                     self.backlog = false;
-                    if let Some(e) = self.over_budget(need, core) {
+                    if let Some(e) = self.admit(need, core) {
                         let date = core.service.date();
                         Responder::new(
                             &mut self.write,
@@ -737,10 +762,16 @@ impl Connection {
     /// `read.start`) without taking the shard past its buffer budget, if it cannot. A request
     /// that fits the buffer it has always proceeds; one that needs more is refused while the
     /// shard's connections hold too much (large responses that slow readers have not taken,
-    /// other large requests), before its body is read.
-    fn over_budget(&self, need: usize, core: &Core) -> Option<ApiError> {
+    /// other large requests). A body of known size is checked once, when its head has arrived
+    /// and before any of it is read, and its size is reserved at once; a chunked body, whose
+    /// size is unknown, is checked each time its buffer doubles.
+    fn admit(&mut self, need: usize, core: &Core) -> Option<ApiError> {
         let (len, pending) = (self.read.buf.len(), self.read.end - self.read.start);
-        let target = if need > pending + 1 {
+        let known = need > pending + 1;
+        if known && self.reserved > 0 {
+            return None;
+        }
+        let target = if known {
             need
         } else if self.read.end == len {
             // The size is unknown (a head, a chunked body) and the buffer is full: it doubles.
@@ -750,6 +781,9 @@ impl Connection {
         };
         let extra = target.saturating_sub(len);
         if extra == 0 || core.buffered.saturating_add(extra) <= core.buffer_budget {
+            if known {
+                self.reserved = need;
+            }
             return None;
         }
         Some(ApiError::unavailable(format!(
@@ -764,6 +798,7 @@ impl Connection {
     /// Answers one complete request, or parks it.
     fn answer(&mut self, key: usize, core: &mut Core, msg: Message) {
         self.served = true;
+        self.reserved = 0;
         let received = self.received;
         let tensor_pool = core.pools.tensor.clone();
         let bytes = &self.read.buf[self.read.start..self.read.start + msg.consumed];
@@ -810,7 +845,7 @@ impl Connection {
                         }
                     }
                 }
-                Action::Infer(job) => infer(core, key, job, &mut resp),
+                Action::Infer(job) => infer(core, key, self.id, job, &mut resp),
             }
         }));
         let step = handled.unwrap_or_else(|_| {
@@ -898,7 +933,13 @@ enum Step {
 }
 
 /// Runs an infer request at once if its model is inline and idle; otherwise submits it.
-fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responder<'_>) -> Step {
+fn infer(
+    core: &mut Core,
+    key: usize,
+    id: u64,
+    mut job: InferJob<'_>,
+    resp: &mut Responder<'_>,
+) -> Step {
     let batcher: &mut Batcher = &mut core.batchers[job.model];
     if batcher.idle_inline() {
         let inputs = std::mem::take(&mut job.request.inputs);
@@ -954,7 +995,7 @@ fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responde
             // Refused for a full queue: rest in the model's line before reading again, so a
             // client retrying at once does not cost the shard a 429 per retry.
             if full && answered.keep_open && !core.service.is_draining() {
-                core.batchers[job.model].hold(key, Instant::now());
+                core.batchers[job.model].hold(key, id, Instant::now());
                 answered.held = true;
             }
             Step::Answered(answered)
@@ -962,11 +1003,12 @@ fn infer(core: &mut Core, key: usize, mut job: InferJob<'_>, resp: &mut Responde
     }
 }
 
-/// Puts connection `key` in `batcher`'s line if the model has no room; says whether it did.
-fn hold_if_saturated(batcher: &mut Batcher, key: usize) -> bool {
+/// Puts connection `key` (`id`) in `batcher`'s line if the model has no room; says whether it
+/// did.
+fn hold_if_saturated(batcher: &mut Batcher, key: usize, id: u64) -> bool {
     let saturated = batcher.saturated();
     if saturated {
-        batcher.hold(key, Instant::now());
+        batcher.hold(key, id, Instant::now());
     }
     saturated
 }

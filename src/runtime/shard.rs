@@ -57,7 +57,8 @@ const HOUSEKEEPING_TICK: Duration = Duration::from_millis(25);
 const RESUME_ROUNDS: usize = 4;
 /// Once polling the batchers (running inline batches, answering) has taken this long in one loop
 /// turn, the rest waits for the next turn, after the engine's events: an inline model under load
-/// delays a readiness probe or a new connection by about this much at most (plus one batch).
+/// delays a readiness probe or a new connection by about this much at most, plus one batch of
+/// each inline model with work.
 const TURN_COMPUTE_BUDGET: Duration = Duration::from_millis(1);
 /// While draining, an idle connection is closed once it has been idle this long (200 ms): long
 /// enough that a client in the middle of a conversation sends its next request first and gets
@@ -151,6 +152,11 @@ impl Core {
         }
     }
 
+    /// Connections accepted so far (the next connection's id).
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     /// A client may have left a parked request: the batchers look for gone clients.
     pub(crate) fn client_gone(&mut self) {
         self.gone_epoch = self.gone_epoch.wrapping_add(1);
@@ -174,8 +180,8 @@ struct Shard {
     min_send_rate: u64,
     drain_deadline: Option<Instant>,
     events: Vec<Event>,
-    /// Connections let out of the models' lines this turn (kept for its allocation).
-    released: Vec<usize>,
+    /// Connections (key, id) let out of the models' lines this turn (kept for its allocation).
+    released: Vec<(usize, u64)>,
     /// `shards.busy_poll_us`.
     busy_poll: Duration,
     /// The loop polls instead of sleeping until then (the last activity plus `busy_poll`).
@@ -496,16 +502,18 @@ impl Shard {
     fn release_lines(&mut self) {
         let now = Instant::now();
         let mut released = std::mem::take(&mut self.released);
+        let conns = &self.conns;
+        let resting = |key: usize, id: u64| conns.get(key).is_some_and(|c| c.is_resting(id));
         for b in &mut self.core.batchers {
             if self.drain_deadline.is_some() {
                 b.release_all(&mut released);
-            } else if b.has_line() {
-                b.release(now, &mut released);
+            } else {
+                b.release(now, &mut released, resting);
             }
         }
-        for key in released.drain(..) {
+        for (key, id) in released.drain(..) {
             if let Some(c) = self.conns.get_mut(key) {
-                c.release_hold(key, &mut self.core, &mut self.engine);
+                c.release_hold(key, id, &mut self.core, &mut self.engine);
             }
             self.reap(key);
         }
