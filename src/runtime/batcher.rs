@@ -353,6 +353,21 @@ impl Batcher {
         }
     }
 
+    /// Whether connections rest in the line.
+    pub(crate) fn has_line(&self) -> bool {
+        !self.line.is_empty()
+    }
+
+    /// How many connections rest in the line.
+    pub(crate) fn line_len(&self) -> usize {
+        self.line.len()
+    }
+
+    /// Requests that may wait on this shard (`max_queue_size`).
+    pub(crate) fn max_queue_size(&self) -> usize {
+        self.max_queue_size
+    }
+
     /// Lets every resting connection go (the shard drains).
     pub(crate) fn release_all(&mut self, out: &mut Vec<(usize, u64)>) {
         out.extend(self.line.drain(..).map(|(conn, id, _)| (conn, id)));

@@ -259,6 +259,9 @@ pub(crate) struct Connection {
     held: bool,
     /// Unique among the shard's connections for its life (slab keys are reused).
     id: u64,
+    /// It has just come out of a model's line: its next infer request takes the slot it was
+    /// let out for, rather than going behind the others still resting.
+    from_line: bool,
     /// Bytes received since accept, and the count when the current body began (with when), for
     /// the minimum body rate.
     received_bytes: u64,
@@ -308,6 +311,7 @@ impl Connection {
             served: false,
             held: false,
             id: core.accepted(),
+            from_line: false,
             received_bytes: 0,
             body_start: (now, 0),
             sent_bytes: 0,
@@ -567,6 +571,7 @@ impl Connection {
             return;
         }
         self.held = false;
+        self.from_line = true;
         self.since = Instant::now();
         self.advance(key, core, engine);
     }
@@ -799,6 +804,9 @@ impl Connection {
     fn answer(&mut self, key: usize, core: &mut Core, msg: Message) {
         self.served = true;
         self.reserved = 0;
+        // Out of a line, the first request takes the slot it was let out for; later ones queue
+        // like anyone's.
+        let from_line = std::mem::take(&mut self.from_line);
         let received = self.received;
         let tensor_pool = core.pools.tensor.clone();
         let bytes = &self.read.buf[self.read.start..self.read.start + msg.consumed];
@@ -845,7 +853,7 @@ impl Connection {
                         }
                     }
                 }
-                Action::Infer(job) => infer(core, key, self.id, job, &mut resp),
+                Action::Infer(job) => infer(core, (key, self.id), from_line, job, &mut resp),
             }
         }));
         let step = handled.unwrap_or_else(|_| {
@@ -933,14 +941,30 @@ enum Step {
 }
 
 /// Runs an infer request at once if its model is inline and idle; otherwise submits it.
+/// `from_line`: the connection was just let out of a line; otherwise, while connections rest in
+/// the model's line, the request is refused and its connection goes behind them, so that a
+/// slot freed for a resting connection is not taken by a newcomer (first come, first served).
 fn infer(
     core: &mut Core,
-    key: usize,
-    id: u64,
+    (key, id): (usize, u64),
+    from_line: bool,
     mut job: InferJob<'_>,
     resp: &mut Responder<'_>,
 ) -> Step {
     let batcher: &mut Batcher = &mut core.batchers[job.model];
+    if !from_line && batcher.has_line() && !core.service.is_draining() {
+        let e = ApiError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "model '{}' has {} clients waiting for room in its queue on this shard \
+                 (max_queue_size {}); retry later",
+                batcher.model().metadata().name,
+                batcher.line_len(),
+                batcher.max_queue_size()
+            ),
+        );
+        return refuse(core, (key, id), &job, e, resp);
+    }
     if batcher.idle_inline() {
         let inputs = std::mem::take(&mut job.request.inputs);
         let sizes: SmallVec<[usize; 1]> = SmallVec::from_buf([job.request.batch_size]);
@@ -988,19 +1012,28 @@ fn infer(
             job: job.detach(),
             ticket,
         },
-        Err(e) => {
-            let full = e.kind == ErrorKind::Overloaded;
-            core.service.finish_infer(&job, Err(e), resp);
-            let mut answered = Answered::new(resp.keep_alive());
-            // Refused for a full queue: rest in the model's line before reading again, so a
-            // client retrying at once does not cost the shard a 429 per retry.
-            if full && answered.keep_open && !core.service.is_draining() {
-                core.batchers[job.model].hold(key, id, Instant::now());
-                answered.held = true;
-            }
-            Step::Answered(answered)
-        }
+        Err(e) => refuse(core, (key, id), &job, e, resp),
     }
+}
+
+/// Answers an infer request that was not admitted; refused for a full queue (429), its
+/// connection rests in the model's line before reading again, so a client retrying at once
+/// does not cost the shard a 429 per retry.
+fn refuse(
+    core: &mut Core,
+    (key, id): (usize, u64),
+    job: &InferJob<'_>,
+    e: ApiError,
+    resp: &mut Responder<'_>,
+) -> Step {
+    let full = e.kind == ErrorKind::Overloaded;
+    core.service.finish_infer(job, Err(e), resp);
+    let mut answered = Answered::new(resp.keep_alive());
+    if full && answered.keep_open && !core.service.is_draining() {
+        core.batchers[job.model].hold(key, id, Instant::now());
+        answered.held = true;
+    }
+    Step::Answered(answered)
 }
 
 /// Puts connection `key` (`id`) in `batcher`'s line if the model has no room; says whether it
