@@ -727,15 +727,7 @@ impl Connection {
                     self.need = need;
                     self.backlog = false;
                     if let Some(e) = self.admit(need, core) {
-                        let date = core.service.date();
-                        Responder::new(
-                            &mut self.write,
-                            &mut self.scratch,
-                            &date,
-                            ResponseMode::CLOSE,
-                        )
-                        .error(&e);
-                        self.close_after = Some(Close::Server);
+                        self.fail_and_close(core, &e);
                     } else if self.eof {
                         // No more bytes will come: this request can never complete.
                         self.close_after = Some(Close::Client);
@@ -744,23 +736,27 @@ impl Connection {
                     }
                     return;
                 }
-                Ok(Err(e)) => {
-                    let date = core.service.date();
-                    Responder::new(
-                        &mut self.write,
-                        &mut self.scratch,
-                        &date,
-                        ResponseMode::CLOSE,
-                    )
-                    .error(&ApiError::from(e));
-                    self.close_after = Some(Close::Server);
-                }
+                Ok(Err(e)) => self.fail_and_close(core, &ApiError::from(e)),
                 Err(_) => {
                     internal_error(core, &mut self.write, &mut self.scratch);
                     self.close_after = Some(Close::Server);
                 }
             }
         }
+    }
+
+    /// Answers `e` and closes the connection once it is sent (the byte stream can no longer be
+    /// trusted, or the request's body will not be read).
+    fn fail_and_close(&mut self, core: &Core, e: &ApiError) {
+        let date = core.service.date();
+        Responder::new(
+            &mut self.write,
+            &mut self.scratch,
+            &date,
+            ResponseMode::CLOSE,
+        )
+        .error(e);
+        self.close_after = Some(Close::Server);
     }
 
     /// Why the request being read cannot have the buffer it needs (`need` bytes from

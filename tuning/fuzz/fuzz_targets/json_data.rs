@@ -7,22 +7,6 @@ use friday::protocol::json_data::{decode_json_data, JsonData};
 use friday::tensor::DataType;
 use libfuzzer_sys::fuzz_target;
 
-const TYPES: [DataType; 14] = [
-    DataType::Bool,
-    DataType::Uint8,
-    DataType::Uint16,
-    DataType::Uint32,
-    DataType::Uint64,
-    DataType::Int8,
-    DataType::Int16,
-    DataType::Int32,
-    DataType::Int64,
-    DataType::Fp16,
-    DataType::Bf16,
-    DataType::Fp32,
-    DataType::Fp64,
-    DataType::Bytes,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, text)) = data.split_first() else {
@@ -31,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
-    let datatype = TYPES[usize::from(pick) % TYPES.len()];
+    let datatype = DataType::ALL[usize::from(pick) % DataType::ALL.len()];
     let mut bytes = Vec::new();
     let Ok(count) = decode_json_data(datatype, text, &mut bytes) else {
         return;
