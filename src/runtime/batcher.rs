@@ -420,7 +420,10 @@ impl Batcher {
             |s| gone(tickets[s.ticket].conn),
             &mut step,
         );
-        self.freed += step.expired.len() + step.dropped.len() + step.batch.len();
+        if !self.line.is_empty() {
+            // Slots freed while no one rests are nobody's: only count them for a line.
+            self.freed += step.expired.len() + step.dropped.len() + step.batch.len();
+        }
         for s in step.expired.drain(..) {
             let waited = now.saturating_duration_since(s.deadline.unwrap_or(now));
             let e = ApiError::new(

@@ -500,6 +500,9 @@ impl Shard {
 
     /// Reads again from the connections that the saturated models' lines let go.
     fn release_lines(&mut self) {
+        if self.drain_deadline.is_none() && !self.core.batchers.iter().any(Batcher::has_line) {
+            return;
+        }
         let now = Instant::now();
         let mut released = std::mem::take(&mut self.released);
         let conns = &self.conns;
