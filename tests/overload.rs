@@ -1,8 +1,8 @@
 //! Overload against the real server, for a model on each placement: `friday bench` finds the
 //! peak at a modest concurrency, then offers ten times as much, closed loop and open loop, while
 //! a probe asks for readiness on a connection of its own. The model keeps most of its goodput,
-//! clients retrying at once cost the shard few 429s (a refused connection rests until its model
-//! has room), readiness stays prompt, and memory stays put.
+//! clients retrying at once cost the shard few 429s against its answers (a refused connection
+//! rests until its model has room), readiness stays prompt, and memory stays put.
 //!
 //! The bounds here are loose enough for a shared 2-core machine running the load, the probe and
 //! the server at once; `tuning/bench-overload.sh` measures the same thing pinned, and the README
@@ -127,14 +127,23 @@ fn overload(placement: &str) {
             delivered >= 0.6 * peak_rate,
             "{placement} {name}: {delivered:.0} ok/s under 10x load against a peak of {peak_rate:.0}: {r}"
         );
-        // A refused client rests until there is room: a few 429s per connection at most, not
-        // one per retry.
+        // A refused client rests until there is room, so a 429 costs the client a turn, not
+        // one answer per retry: far fewer 429s than answers. (Before connections rested, a
+        // storm like this got thousands of 429s per answer. A few 429s remain by design: each
+        // time the line empties, the next burst finds the queue full again; how often that
+        // happens depends on how fast the client turns around, so the bound is a ratio.)
         let refused = r["errors"]["http_429"].as_u64().unwrap_or(0);
+        let ok = r["ok"].as_u64().unwrap();
         assert!(
-            refused <= 4 * STORM_CONNECTIONS as u64,
-            "{placement} {name}: {refused} 429s for {STORM_CONNECTIONS} connections: {r}"
+            refused * 4 <= ok,
+            "{placement} {name}: {refused} 429s for {ok} answers: {r}"
         );
         ready.sort();
+        eprintln!(
+            "{placement} {name}: {delivered:.0} ok/s delivered (peak {peak_rate:.0}), {refused} 429s \
+             for {ok} answers, readiness p99 {:?}",
+            ready.get(ready.len() * 99 / 100)
+        );
         assert!(ready.len() > 50, "{} probes", ready.len());
         let p99 = ready[ready.len() * 99 / 100];
         assert!(
