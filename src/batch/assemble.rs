@@ -61,6 +61,15 @@ pub fn concat(
     joined
 }
 
+/// Whether the `len` bytes at address `addr` lie within `buf`.
+pub fn within(buf: &[u8], addr: usize, len: usize) -> bool {
+    let start = buf.as_ptr() as usize;
+    addr >= start
+        && addr
+            .checked_add(len)
+            .is_some_and(|end| end <= start + buf.len())
+}
+
 /// Where an output's bytes live.
 #[derive(Debug)]
 enum OutputData {
@@ -237,6 +246,30 @@ impl<'i> BatchResult<'i> {
                 }
             })
             .collect()
+    }
+
+    /// Bytes of data it owns (inputs copied for the batch, outputs the model produced).
+    pub fn owned_bytes(&self) -> usize {
+        let inputs = self.inputs.iter().filter_map(|t| match &t.data {
+            Cow::Owned(v) => Some(v.len()),
+            Cow::Borrowed(_) => None,
+        });
+        let outputs = self.outputs.iter().filter_map(|t| match &t.data {
+            OutputData::Owned(v) => Some(v.len()),
+            OutputData::Input { .. } => None,
+        });
+        inputs.chain(outputs).sum()
+    }
+
+    /// Whether the `len` bytes at address `addr` lie within one of the batch's buffers (its
+    /// inputs' or its outputs' data), so that they live as long as it does.
+    pub fn holds(&self, addr: usize, len: usize) -> bool {
+        let inputs = self.inputs.iter().map(|t| &*t.data);
+        let outputs = self.outputs.iter().filter_map(|t| match &t.data {
+            OutputData::Owned(v) => Some(v.as_slice()),
+            OutputData::Input { .. } => None,
+        });
+        inputs.chain(outputs).any(|b| within(b, addr, len))
     }
 
     /// Hands the batch's buffers back for reuse.

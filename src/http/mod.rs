@@ -12,4 +12,6 @@ pub use request::{
     Body, Decoded, HttpError, InferenceHeader, Limits, Message, Method, RequestDecoder,
     RequestHead, MAX_HEADERS,
 };
-pub use response::{reason_phrase, Responder, ResponseMode, CONTINUE_100, JSON, OCTET_STREAM};
+pub use response::{
+    reason_phrase, Responder, ResponseMode, TailSegment, CONTINUE_100, JSON, OCTET_STREAM,
+};

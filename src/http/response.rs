@@ -2,8 +2,10 @@
 //!
 //! A body is built in the connection's scratch buffer (so its length is known), then the head and
 //! the body are appended to the output buffer, followed by any binary tensor tails, which are
-//! copied once from wherever the model left them. Nothing here allocates once the buffers have
-//! grown to their working size.
+//! copied once from wherever the model left them, or, when they are large and the connection
+//! can keep that memory alive, not copied at all: the connection sends them from where they lie
+//! (see [`Responder::deferring`]). Nothing here allocates once the buffers have grown to their
+//! working size.
 
 use serde::Serialize;
 
@@ -33,6 +35,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 pub const JSON: &str = "application/json";
 /// `Content-Type` of binary tensor bodies.
 pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Binary tensor data at least this large is sent from where it lies rather than copied into the
+/// output buffer, by a responder that may defer it: copying tens of MiB holds the shard for tens
+/// of milliseconds (mostly faulting in fresh pages), while a send of its own costs one more
+/// system call. Below this, one copy is cheaper than a send.
+pub const DEFER_TAILS_MIN_BYTES: usize = 256 << 10;
+
+/// A stretch of memory a response's tail is sent from: its address and length.
+pub type TailSegment = (usize, usize);
 
 /// Seconds a client is told to wait after a 429 or 503.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -70,6 +81,9 @@ pub struct Responder<'b> {
     scratch: &'b mut Vec<u8>,
     date: &'b [u8],
     mode: ResponseMode,
+    /// Where large tails go instead of the output buffer, if the caller can send them from
+    /// where they lie.
+    defer: Option<&'b mut Vec<TailSegment>>,
 }
 
 impl<'b> Responder<'b> {
@@ -87,7 +101,24 @@ impl<'b> Responder<'b> {
             scratch,
             date,
             mode,
+            defer: None,
         }
+    }
+
+    /// Lets this responder leave binary tails of [`DEFER_TAILS_MIN_BYTES`] or more where they
+    /// lie: their addresses go into `tails` (in order) and only the head and the JSON header go
+    /// into the output buffer. The caller then owes the client those bytes, right after what the
+    /// output buffer holds, and must keep the memory they lie in alive and unchanged until they
+    /// are sent (or copy them before it lets go of it).
+    pub fn deferring(mut self, tails: &'b mut Vec<TailSegment>) -> Self {
+        tails.clear();
+        self.defer = Some(tails);
+        self
+    }
+
+    /// Whether the last response left its tails where they lie (see [`Responder::deferring`]).
+    pub fn deferred(&self) -> bool {
+        self.defer.as_deref().is_some_and(|d| !d.is_empty())
     }
 
     /// Whether the response says the connection stays open.
@@ -150,6 +181,13 @@ impl<'b> Responder<'b> {
             return;
         }
         self.out.extend_from_slice(self.scratch);
+        let tails_len = len - self.scratch.len();
+        if let Some(defer) = self.defer.as_deref_mut() {
+            if tails_len >= DEFER_TAILS_MIN_BYTES {
+                defer.extend(tails.iter().map(|t| (t.as_ptr() as usize, t.len())));
+                return;
+            }
+        }
         for t in tails {
             self.out.extend_from_slice(t);
         }
@@ -246,6 +284,35 @@ mod tests {
         assert!(headers.contains(&("retry-after".into(), "1".into())));
         assert!(headers.contains(&("connection".into(), "close".into())));
         assert_eq!(body, br#"{"error":"draining"}"#);
+    }
+
+    #[test]
+    fn large_tails_are_deferred_only_to_a_responder_that_may() {
+        let big = vec![7u8; DEFER_TAILS_MIN_BYTES];
+        let (mut out, mut scratch, mut tails) = (Vec::new(), Vec::new(), Vec::new());
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::KEEP_ALIVE)
+            .deferring(&mut tails);
+        r.scratch().extend_from_slice(b"{}");
+        r.send_scratch(200, &[b"abc", &big]);
+        let (_, headers, body) = parse(&out);
+        let total = (2 + 3 + big.len()).to_string();
+        assert!(headers.contains(&("content-length".into(), total)));
+        assert_eq!(body, b"{}", "only the JSON header is copied");
+        assert_eq!(
+            tails,
+            [
+                (b"abc".as_ptr() as usize, 3),
+                (big.as_ptr() as usize, big.len())
+            ]
+        );
+        // Small tails are copied even when they may be deferred.
+        let mut out = Vec::new();
+        let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::KEEP_ALIVE)
+            .deferring(&mut tails);
+        r.scratch().extend_from_slice(b"{}");
+        r.send_scratch(200, &[&big[1..]]);
+        assert!(tails.is_empty());
+        assert_eq!(parse(&out).2.len(), 2 + big.len() - 1);
     }
 
     #[test]

@@ -29,21 +29,29 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
+use std::rc::Rc;
+
 use super::batcher::{Batcher, Outcome};
+use super::buffers::BufferPool;
 use super::buffers::RETAIN_MAX_BYTES;
 use super::engine::{Engine, Event};
 use super::mesh::{GatherStart, Snapshot};
 use super::shard::Core;
-use crate::batch::assemble;
+use crate::batch::assemble::{self, within, BatchResult};
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{
-    Body, Decoded, Message, Method, RequestDecoder, Responder, ResponseMode, CONTINUE_100,
+    Body, Decoded, Message, Method, RequestDecoder, Responder, ResponseMode, TailSegment,
+    CONTINUE_100,
 };
 use crate::service::{Action, Gather, InferJob, Ran, Request};
 use crate::stats::StatsSnapshot;
 
 /// Stop decoding pipelined requests while this much output waits to be sent.
 const FLUSH_THRESHOLD_BYTES: usize = 64 << 10;
+/// The most one receive or send moves: the kernel copies (and faults in) that much at most for
+/// one connection in one loop turn, so a few clients moving tens of MiB each take turns with
+/// everyone else instead of holding the shard for milliseconds each.
+const MAX_IO_BYTES: usize = 512 << 10;
 /// Before closing a connection the client may still be writing to, how long to keep reading
 /// (and discarding).
 pub(crate) const LINGER_TIME: Duration = Duration::from_millis(500);
@@ -54,65 +62,90 @@ const LINGER_MAX_BYTES: usize = 1 << 20;
 /// reallocate on every request.
 const SHRINK_AFTER_SMALL_REQUESTS: u32 = 8;
 
-/// A connection's read buffer: `buf[start..end]` is received and not yet consumed. `buf` is fully
-/// initialized (its length is its capacity) so receives can go straight into `buf[end..]`.
+/// A connection's read buffer: `buf[start..]` is received and not yet consumed. Receives go
+/// into the spare capacity past `buf.len()`, so growing the buffer neither zeroes it nor touches
+/// its pages: the kernel faults them in as bytes arrive, a receive at a time, rather than the
+/// shard all at once when a large body's buffer doubles.
 pub(crate) struct ReadBuf {
     buf: Vec<u8>,
     start: usize,
-    end: usize,
 }
 
 impl ReadBuf {
     fn new(mut buf: Vec<u8>) -> Self {
-        let cap = buf.capacity();
-        buf.resize(cap, 0);
-        ReadBuf {
-            buf,
-            start: 0,
-            end: 0,
-        }
+        buf.clear();
+        ReadBuf { buf, start: 0 }
     }
 
     fn pending(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf[self.start..]
     }
 
-    /// Makes room to read: afterwards `buf[end..]` is non-empty. `need` is how many bytes the
-    /// current request needs from `start`; the buffer grows toward it by doubling, so memory
+    /// Where the next received byte goes.
+    fn end(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes it can hold without growing.
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Forgets everything received.
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// The spare capacity a receive may fill.
+    fn spare(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
+        self.buf.spare_capacity_mut()
+    }
+
+    /// Counts `n` bytes a receive wrote into the spare capacity.
+    ///
+    /// # Safety
+    /// The first `n` bytes of [`ReadBuf::spare`] were written.
+    unsafe fn received(&mut self, n: usize) {
+        debug_assert!(self.buf.len() + n <= self.buf.capacity());
+        // SAFETY: the caller says those bytes were written; they are within the capacity.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+    }
+
+    /// Makes room to read: afterwards the spare capacity is non-empty. `need` is how many bytes
+    /// the current request needs from `start`; the buffer grows toward it by doubling, so memory
     /// follows the bytes that actually arrive, not a Content-Length a client merely claims. A
     /// `need` of one byte more than is pending means the size is unknown (a head, a chunked
     /// body): the buffer doubles, so a large chunked body is not read a byte at a time.
     fn make_room(&mut self, need: usize) {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
+        if self.start == self.end() {
+            self.clear();
         }
-        let pending = self.end - self.start;
+        let pending = self.end() - self.start;
         let need = need.max(pending + 1);
-        if self.start > 0 && self.buf.len() - self.start < need {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end = pending;
+        if self.start > 0 && self.capacity() - self.start < need {
+            self.buf.drain(..self.start);
             self.start = 0;
         }
-        if self.end == self.buf.len() {
-            let len = self.buf.len().max(1);
-            let doubled = len.saturating_mul(2);
+        if self.end() == self.capacity() {
+            let cap = self.capacity().max(1);
+            let doubled = cap.saturating_mul(2);
             let unknown = need <= pending + 1;
-            let new_len = if unknown { doubled } else { need.min(doubled) };
-            self.buf.resize(new_len.max(self.end + 1), 0);
+            let new_cap = if unknown { doubled } else { need.min(doubled) };
+            self.buf
+                .reserve_exact(new_cap.max(self.end() + 1) - self.end());
         }
     }
 
     /// Returns to `initial` bytes if the buffer grew past the retention limit and what is
     /// pending fits.
     fn shrink(&mut self, initial: usize) {
-        let pending = self.end - self.start;
-        if self.buf.len() > RETAIN_MAX_BYTES && pending <= initial {
-            let mut small = vec![0; initial];
-            small[..pending].copy_from_slice(self.pending());
+        let pending = self.end() - self.start;
+        if self.capacity() > RETAIN_MAX_BYTES && pending <= initial {
+            let mut small = Vec::with_capacity(initial);
+            small.extend_from_slice(self.pending());
             self.buf = small;
             self.start = 0;
-            self.end = pending;
         }
     }
 }
@@ -203,6 +236,8 @@ struct Answered {
     client_gone: bool,
     /// The connection went into its model's line (see [`Batcher::hold`]).
     held: bool,
+    /// What the response's deferred tails lie in (see [`Responder::deferring`]).
+    keep: Keep,
 }
 
 impl Answered {
@@ -211,7 +246,102 @@ impl Answered {
             keep_open,
             client_gone: false,
             held: false,
+            keep: Keep::Nothing,
         }
+    }
+}
+
+/// Memory a response's deferred tails lie in, kept alive until they are sent: beyond the
+/// connection's own read and dechunk buffers (which stay put meanwhile), the buffers of the batch
+/// that computed them.
+enum Keep {
+    Nothing,
+    /// The buffers of a batch run on the idle fast path.
+    Buffers(SmallVec<[Vec<u8>; 2]>),
+    /// A queued request's batch, shared with the other requests in it.
+    Batch(Rc<BatchResult<'static>>),
+}
+
+impl Keep {
+    /// Bytes it keeps alive (a batch's in full, though other requests share it).
+    fn bytes(&self) -> usize {
+        match self {
+            Keep::Nothing => 0,
+            Keep::Buffers(bufs) => bufs.iter().map(Vec::capacity).sum(),
+            Keep::Batch(result) => result.owned_bytes(),
+        }
+    }
+
+    fn holds(&self, addr: usize, len: usize) -> bool {
+        match self {
+            Keep::Nothing => false,
+            Keep::Buffers(bufs) => bufs.iter().any(|b| within(b, addr, len)),
+            Keep::Batch(result) => result.holds(addr, len),
+        }
+    }
+
+    /// Lets go of the memory: back to the tensor pool.
+    fn recycle(self, pool: &BufferPool) {
+        match self {
+            Keep::Nothing => {}
+            Keep::Buffers(bufs) => bufs.into_iter().for_each(|b| pool.give(b)),
+            Keep::Batch(result) => Batcher::recycle(result, pool),
+        }
+    }
+}
+
+/// The binary tensor data of the last response, sent from where it lies, right after what
+/// `write` held when it was answered. Until it has all gone, the connection decodes and reads
+/// nothing (its read and dechunk buffers may be where the data lies), so nothing can come
+/// between.
+struct Tails {
+    /// Address and length of each stretch, in order; none is empty.
+    segs: Vec<TailSegment>,
+    /// The stretch being sent, and how much of it has gone.
+    next: usize,
+    off: usize,
+    keep: Keep,
+    /// `keep.bytes()`, for the shard's buffer count (the read and dechunk buffers are counted
+    /// as such).
+    kept_bytes: usize,
+    /// The first tail send has started: what `write` held before the tails has gone.
+    started: bool,
+}
+
+impl Tails {
+    fn new() -> Self {
+        Tails {
+            segs: Vec::new(),
+            next: 0,
+            off: 0,
+            keep: Keep::Nothing,
+            kept_bytes: 0,
+            started: false,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.next < self.segs.len()
+    }
+
+    /// Counts `n` bytes sent of the current stretch; says whether any are left.
+    fn advance(&mut self, n: usize) -> bool {
+        self.off += n;
+        if self.off == self.segs[self.next].1 {
+            self.next += 1;
+            self.off = 0;
+        }
+        self.pending()
+    }
+
+    /// Forgets the tails (sent, or the client is gone) and lets go of their memory.
+    fn finish(&mut self, pool: &BufferPool) {
+        self.segs.clear();
+        self.next = 0;
+        self.off = 0;
+        self.kept_bytes = 0;
+        self.started = false;
+        std::mem::replace(&mut self.keep, Keep::Nothing).recycle(pool);
     }
 }
 
@@ -226,6 +356,10 @@ pub(crate) struct Connection {
     sent: usize,
     scratch: Vec<u8>,
     dechunked: Vec<u8>,
+    /// The last response's binary tensor data, still to be sent from where it lies.
+    tails: Tails,
+    /// The send in flight is from `tails`.
+    tail_in_flight: bool,
     small_streak: u32,
     decoder: RequestDecoder,
     /// When the last bytes arrived.
@@ -291,6 +425,8 @@ impl Connection {
             sent: 0,
             scratch: core.pools.write.take(),
             dechunked: Vec::new(),
+            tails: Tails::new(),
+            tail_in_flight: false,
             small_streak: 0,
             decoder: RequestDecoder::new(core.limits),
             received: now,
@@ -405,8 +541,9 @@ impl Connection {
     }
 
     /// Gives its buffers back to the pools (the shard calls this once it is finished).
-    pub(crate) fn release(self, core: &mut Core) -> OwnedFd {
+    pub(crate) fn release(mut self, core: &mut Core) -> OwnedFd {
         core.buffered -= self.footprint;
+        self.tails.finish(&core.pools.tensor);
         core.pools.read.give(self.read.buf);
         core.pools.write.give(self.write);
         core.pools.write.give(self.sending);
@@ -430,7 +567,8 @@ impl Connection {
         self.recv_in_flight = false;
         match (self.life, result) {
             (Life::Open, Ok(n)) if n > 0 => {
-                self.read.end += n;
+                // SAFETY: the receive wrote `n` bytes into the spare capacity it was given.
+                unsafe { self.read.received(n) };
                 self.received = Instant::now();
                 self.received_bytes += n as u64;
             }
@@ -441,8 +579,9 @@ impl Connection {
             (Life::Open, Err(_)) => self.close_after = Some(Close::Client),
             (Life::Linger, Ok(n)) if n > 0 && self.lingered + n <= LINGER_MAX_BYTES => {
                 self.lingered += n;
-                self.read.start = 0;
-                self.read.end = 0;
+                // SAFETY: as above; the bytes are then discarded.
+                unsafe { self.read.received(n) };
+                self.read.clear();
             }
             (Life::Linger, _) => self.life = Life::Closing,
             (Life::Closing, _) => {}
@@ -459,26 +598,39 @@ impl Connection {
         engine: &mut Engine,
     ) {
         self.send_in_flight = false;
+        let tail = std::mem::take(&mut self.tail_in_flight);
         match result {
             Ok(n) if n > 0 => {
-                self.sent += n;
                 self.sent_bytes += n as u64;
-                if self.sent < self.sending.len() {
-                    // Progress: the client is reading. Send the rest (which restarts the clock).
-                    self.send_from_sending(key, engine);
-                    return;
+                if tail {
+                    if self.tails.advance(n) {
+                        // Progress: the client is reading. Send the rest (which restarts the
+                        // clock).
+                        self.send_tail(key, engine);
+                        return;
+                    }
+                    self.tails.finish(&core.pools.tensor);
+                } else {
+                    self.sent += n;
+                    if self.sent < self.sending.len() {
+                        // Progress: the client is reading. Send the rest (which restarts the
+                        // clock).
+                        self.send_from_sending(key, engine);
+                        return;
+                    }
+                    self.sending.clear();
+                    self.sent = 0;
                 }
-                self.sending.clear();
-                self.sent = 0;
                 self.since = Instant::now();
                 // The run goes on if more output already waits (`advance` sends it now).
-                self.send_run = !self.write.is_empty();
+                self.send_run = !self.write.is_empty() || self.tails.pending();
             }
             _ => {
                 // The client is gone (reset, or a socket the sweep shut down): nothing more can
                 // reach it.
                 self.sending.clear();
                 self.write.clear();
+                self.tails.finish(&core.pools.tensor);
                 self.sent = 0;
                 if self.parked.is_some() {
                     self.left_while_parked(core);
@@ -515,7 +667,8 @@ impl Connection {
                     &mut self.scratch,
                     &date,
                     head.mode(draining),
-                );
+                )
+                .deferring(&mut self.tails.segs);
                 let answered = catch_unwind(AssertUnwindSafe(|| {
                     answer_infer(core, &job, outcome, &mut resp)
                 }));
@@ -546,10 +699,12 @@ impl Connection {
         };
         let answered = answered.unwrap_or_else(|| {
             self.write.truncate(mark);
+            self.tails.segs.clear();
             internal_error(core, &mut self.write, &mut self.scratch);
             Answered::new(false)
         });
         self.after_answer(&answered, keep_alive);
+        self.secure_tails(answered.keep, core);
         self.advance(key, core, engine);
     }
 
@@ -580,11 +735,12 @@ impl Connection {
     /// brings its share of the shard's buffer count up to date.
     fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
         self.step(key, core, engine);
-        let footprint = self.read.buf.len().max(self.reserved)
+        let footprint = self.read.capacity().max(self.reserved)
             + self.write.capacity()
             + self.sending.capacity()
             + self.scratch.capacity()
-            + self.dechunked.capacity();
+            + self.dechunked.capacity()
+            + self.tails.kept_bytes;
         core.buffered = core.buffered - self.footprint + footprint;
         self.footprint = footprint;
     }
@@ -594,15 +750,26 @@ impl Connection {
             && self.parked.is_none()
             && self.close_after.is_none()
             && !self.held
+            && !self.tails.pending()
         {
             self.process(key, core);
         }
-        if !self.send_in_flight && !self.write.is_empty() && self.life != Life::Closing {
-            std::mem::swap(&mut self.write, &mut self.sending);
-            self.sent = 0;
-            self.send_from_sending(key, engine);
+        if !self.send_in_flight && self.life != Life::Closing {
+            // Deferred tails follow what `write` held when they were deferred; nothing is
+            // written meanwhile, so once `write` has gone, they are next.
+            if self.tails.pending() && (self.tails.started || self.write.is_empty()) {
+                self.send_tail(key, engine);
+            } else if !self.write.is_empty() {
+                std::mem::swap(&mut self.write, &mut self.sending);
+                self.sent = 0;
+                self.send_from_sending(key, engine);
+            }
         }
-        if self.life == Life::Open && !self.send_in_flight && self.parked.is_none() {
+        if self.life == Life::Open
+            && !self.send_in_flight
+            && self.parked.is_none()
+            && !self.tails.pending()
+        {
             match self.close_after {
                 Some(Close::Client) => self.life = Life::Closing,
                 Some(Close::Server) => {
@@ -623,8 +790,8 @@ impl Connection {
             }
             Life::Linger => {
                 if !self.recv_in_flight {
-                    self.read.start = 0;
-                    self.read.end = 0;
+                    self.read.clear();
+                    self.read.make_room(0);
                     self.receive(key, engine);
                 }
                 return;
@@ -633,6 +800,7 @@ impl Connection {
         }
         let wants_bytes = self.parked.is_none()
             && !self.held
+            && !self.tails.pending()
             && self.close_after.is_none()
             && !self.eof
             && !self.backlog
@@ -651,7 +819,7 @@ impl Connection {
             Phase::Write
         } else if self.held {
             Phase::Held
-        } else if self.read.start == self.read.end && self.decoder.is_idle() {
+        } else if self.read.start == self.read.end() && self.decoder.is_idle() {
             Phase::Idle
         } else if self.decoder.is_idle() {
             Phase::Head
@@ -679,19 +847,69 @@ impl Connection {
     }
 
     fn receive(&mut self, key: usize, engine: &mut Engine) {
-        let spare = &mut self.read.buf[self.read.end..];
+        let spare = self.read.spare();
+        let len = spare.len().min(MAX_IO_BYTES);
         // SAFETY: `read.buf` is not moved, resized or written by anything else until this
         // receive's event: `make_room`, `shrink` and the linger reset run only when no receive is
         // in flight, and the buffer is freed only once the connection has finished.
-        unsafe { engine.recv(key, self.fd.as_raw_fd(), spare.as_mut_ptr(), spare.len()) };
+        unsafe { engine.recv(key, self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
         self.recv_in_flight = true;
     }
 
     fn send_from_sending(&mut self, key: usize, engine: &mut Engine) {
         let rest = &self.sending[self.sent..];
+        let len = rest.len().min(MAX_IO_BYTES);
         // SAFETY: `sending` is neither changed nor freed until this send's event: responses are
         // encoded into `write`, and the buffers swap only when no send is in flight.
-        unsafe { engine.send(key, self.fd.as_raw_fd(), rest.as_ptr(), rest.len()) };
+        unsafe { engine.send(key, self.fd.as_raw_fd(), rest.as_ptr(), len) };
+        self.sending_started();
+    }
+
+    /// Sends the rest of the current deferred tail from where it lies.
+    fn send_tail(&mut self, key: usize, engine: &mut Engine) {
+        let (addr, len) = self.tails.segs[self.tails.next];
+        let off = self.tails.off;
+        let len = (len - off).min(MAX_IO_BYTES);
+        // SAFETY: `secure_tails` checked that the stretch lies in memory this connection keeps:
+        // its read or dechunk buffer, which are neither changed nor freed while tails are
+        // pending (nothing is read or decoded), or `tails.keep`, freed only once they are sent or
+        // the connection has finished.
+        unsafe { engine.send(key, self.fd.as_raw_fd(), (addr + off) as *const u8, len) };
+        self.tail_in_flight = true;
+        self.tails.started = true;
+        self.sending_started();
+    }
+
+    /// After a response's tails were deferred (see [`Responder::deferring`]): keeps the memory
+    /// they lie in until they are sent, or, should any lie elsewhere, copies them now, while
+    /// that memory is still alive.
+    fn secure_tails(&mut self, keep: Keep, core: &Core) {
+        self.tails.segs.retain(|&(_, len)| len > 0);
+        if self.tails.segs.is_empty() {
+            keep.recycle(&core.pools.tensor);
+            return;
+        }
+        let (read, dechunked) = (self.read.buf.as_slice(), self.dechunked.as_slice());
+        let kept = self.tails.segs.iter().all(|&(addr, len)| {
+            within(read, addr, len) || within(dechunked, addr, len) || keep.holds(addr, len)
+        });
+        if !kept {
+            for &(addr, len) in &self.tails.segs {
+                // SAFETY: the tails were deferred by the response just written, whose outputs
+                // (and the inputs they may borrow) are alive until the caller lets go of `keep`.
+                let t = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+                self.write.extend_from_slice(t);
+            }
+            self.tails.segs.clear();
+            keep.recycle(&core.pools.tensor);
+            return;
+        }
+        self.tails.kept_bytes = keep.bytes();
+        self.tails.keep = keep;
+    }
+
+    /// A send went on the engine: the send clock and the minimum-rate run start.
+    fn sending_started(&mut self) {
         self.send_in_flight = true;
         let now = Instant::now();
         if !self.send_run {
@@ -711,6 +929,7 @@ impl Connection {
         while self.parked.is_none()
             && !self.held
             && self.close_after.is_none()
+            && !self.tails.pending()
             && self.write.len() < FLUSH_THRESHOLD_BYTES
         {
             let (read, dechunked) = (&self.read, &mut self.dechunked);
@@ -767,14 +986,14 @@ impl Connection {
     /// and before any of it is read, and its size is reserved at once; a chunked body, whose
     /// size is unknown, is checked each time its buffer doubles.
     fn admit(&mut self, need: usize, core: &Core) -> Option<ApiError> {
-        let (len, pending) = (self.read.buf.len(), self.read.end - self.read.start);
+        let (len, pending) = (self.read.capacity(), self.read.end() - self.read.start);
         let known = need > pending + 1;
         if known && self.reserved > 0 {
             return None;
         }
         let target = if known {
             need
-        } else if self.read.end == len {
+        } else if self.read.end() == len {
             // The size is unknown (a head, a chunked body) and the buffer is full: it doubles.
             len.saturating_mul(2)
         } else {
@@ -830,7 +1049,8 @@ impl Connection {
         let mark = self.write.len();
         let date = core.service.date();
         let mode = info.mode(core.service.is_draining());
-        let mut resp = Responder::new(&mut self.write, &mut self.scratch, &date, mode);
+        let mut resp = Responder::new(&mut self.write, &mut self.scratch, &date, mode)
+            .deferring(&mut self.tails.segs);
         let handled = catch_unwind(AssertUnwindSafe(|| {
             let action = core.service.handle(&request, &mut resp);
             match action {
@@ -856,6 +1076,7 @@ impl Connection {
             // `resp` is not used past here, so `write` is ours again: drop whatever the panicked
             // handler had half-written.
             self.write.truncate(mark);
+            self.tails.segs.clear();
             internal_error(core, &mut self.write, &mut self.scratch);
             Step::Answered(Answered::new(false))
         });
@@ -864,6 +1085,7 @@ impl Connection {
         match step {
             Step::Answered(answered) => {
                 self.after_answer(&answered, info.keep_alive);
+                self.secure_tails(answered.keep, core);
                 self.observe(msg.consumed, response_bytes, core);
             }
             Step::Infer { job, ticket } => {
@@ -903,7 +1125,7 @@ impl Connection {
             return;
         }
         self.small_streak += 1;
-        if self.small_streak < SHRINK_AFTER_SMALL_REQUESTS {
+        if self.small_streak < SHRINK_AFTER_SMALL_REQUESTS || self.tails.pending() {
             return;
         }
         self.small_streak = 0;
@@ -988,6 +1210,14 @@ fn infer(
                 };
                 core.service.finish_infer(&job, Ok(ran), resp);
                 drop(outputs);
+                if resp.deferred() {
+                    // Its tails are sent from these buffers (or the bytes the request came in).
+                    let keep = Keep::Buffers(result.into_buffers().collect());
+                    return Step::Answered(Answered {
+                        keep,
+                        ..Answered::new(resp.keep_alive())
+                    });
+                }
                 for buf in result.into_buffers() {
                     core.pools.tensor.give(buf);
                 }
@@ -1066,6 +1296,13 @@ fn answer_infer(
             };
             core.service.finish_infer(job, Ok(ran), resp);
             drop(outputs);
+            if resp.deferred() {
+                // Its tails are sent from the batch's buffers.
+                return Answered {
+                    keep: Keep::Batch(result),
+                    ..Answered::new(resp.keep_alive())
+                };
+            }
             Batcher::recycle(result, &core.pools.tensor);
             Answered::new(resp.keep_alive())
         }
@@ -1133,26 +1370,39 @@ fn internal_error(core: &Core, write: &mut Vec<u8>, scratch: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// Fills the spare capacity up to `end` with `byte` (as a receive would).
+    fn fill_to(r: &mut ReadBuf, end: usize, byte: u8) {
+        let n = end - r.end();
+        for b in &mut r.spare()[..n] {
+            b.write(byte);
+        }
+        // SAFETY: just written.
+        unsafe { r.received(n) };
+    }
+
     #[test]
     fn make_room_compacts_then_grows_by_doubling() {
         let mut r = ReadBuf::new(Vec::with_capacity(8));
-        assert_eq!(r.buf.len(), 8);
-        r.buf[..8].copy_from_slice(b"abcdefgh");
+        assert_eq!(r.capacity(), 8);
+        r.buf.extend_from_slice(b"abcdefgh");
         r.start = 6;
-        r.end = 8;
         r.make_room(4);
-        assert_eq!((r.start, r.end), (0, 2));
+        assert_eq!((r.start, r.end()), (0, 2));
         assert_eq!(r.pending(), b"gh");
-        r.end = 8;
+        fill_to(&mut r, 8, b'x');
         r.make_room(1 << 30);
-        assert_eq!(r.buf.len(), 16, "a claimed size does not allocate up front");
+        assert_eq!(
+            r.capacity(),
+            16,
+            "a claimed size does not allocate up front"
+        );
         assert_eq!(&r.buf[..2], b"gh");
-        r.end = 16;
+        fill_to(&mut r, 16, b'y');
         r.make_room(20);
-        assert_eq!(r.buf.len(), 20, "never beyond what the request needs");
-        r.start = r.end;
+        assert_eq!(r.capacity(), 20, "never beyond what the request needs");
+        r.start = r.end();
         r.make_room(1);
-        assert_eq!((r.start, r.end), (0, 0));
+        assert_eq!((r.start, r.end()), (0, 0));
     }
 
     #[test]
@@ -1160,30 +1410,31 @@ mod tests {
         // A chunked body asks for one byte more than is buffered: grow by doubling, never by
         // the one byte asked for.
         let mut r = ReadBuf::new(Vec::with_capacity(16));
-        r.end = 16;
+        fill_to(&mut r, 16, b'a');
         r.make_room(17);
-        assert_eq!(r.buf.len(), 32);
-        r.end = 32;
+        assert_eq!(r.capacity(), 32);
+        fill_to(&mut r, 32, b'b');
         r.make_room(33);
-        assert_eq!(r.buf.len(), 64);
+        assert_eq!(r.capacity(), 64);
+        assert_eq!(&r.pending()[14..18], b"aabb");
     }
 
     #[test]
     fn make_room_always_leaves_space_to_read() {
         let mut r = ReadBuf::new(Vec::with_capacity(4));
-        r.end = 4;
+        fill_to(&mut r, 4, b'a');
         r.make_room(0);
-        assert!(r.buf.len() > r.end);
+        assert!(!r.spare().is_empty());
     }
 
     #[test]
     fn shrink_keeps_pending_bytes() {
         let mut r = ReadBuf::new(Vec::with_capacity(RETAIN_MAX_BYTES + 1));
-        r.buf[100..103].copy_from_slice(b"xyz");
+        fill_to(&mut r, 100, 0);
+        r.buf.extend_from_slice(b"xyz");
         r.start = 100;
-        r.end = 103;
         r.shrink(16);
-        assert_eq!(r.buf.len(), 16);
+        assert_eq!(r.capacity(), 16);
         assert_eq!(r.pending(), b"xyz");
     }
 }

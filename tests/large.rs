@@ -1,0 +1,153 @@
+//! Large requests next to small ones. A large binary output is sent from where it lies (the bytes
+//! the request came in, or the batch's buffers) rather than copied into the connection's output
+//! buffer, and receives and sends move a bounded slice per loop turn: the answer must still
+//! arrive whole, byte for byte, with pipelined answers after it in order, on either placement,
+//! while the shard goes on answering other clients. (How long those others wait is measured by
+//! `tuning/large-requests.py`, not timed here.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const MIB: usize = 1 << 20;
+
+/// A binary identity request for `data` (FP32 bytes) asking for a binary output, or a JSON one.
+fn identity_request(data: &[u8], binary_out: bool) -> Vec<u8> {
+    let n = data.len() / 4;
+    let header = json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1, n],
+        "parameters":{"binary_data_size": n * 4}}],
+        "outputs":[{"name":"OUTPUT0","parameters":{"binary_data": binary_out}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(data);
+    request_bytes(
+        "POST",
+        "/v2/models/identity/infer",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Inference-Header-Content-Length", &header.len().to_string()),
+        ],
+        &body,
+    )
+}
+
+/// `n` FP32 values that differ from one another, as bytes.
+fn pattern(n: usize) -> Vec<u8> {
+    f32_bytes(
+        &(0..n)
+            .map(|i| (i % 65_521) as f32 - 0.5)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Reads the binary tail of a response whose head `r` was read: the body past its JSON header.
+fn binary_tail(r: &Response) -> &[u8] {
+    let json_len: usize = r
+        .header("inference-header-content-length")
+        .expect("a binary answer")
+        .parse()
+        .unwrap();
+    &r.body[json_len..]
+}
+
+fn config(placement: &str) -> std::path::PathBuf {
+    config_file(
+        &format!("large-{placement}"),
+        &format!("[models.identity]\nplacement = \"{placement}\"\n"),
+    )
+}
+
+#[test]
+fn a_large_binary_answer_arrives_whole_and_before_the_next_pipelined_one() {
+    for (placement, shards) in [("inline", 1), ("worker", 1), ("inline", 2)] {
+        let cfg = config(placement);
+        let s = Server::start_with(shards, &["--config", cfg.to_str().unwrap()]);
+        let big = pattern(6 * MIB / 4);
+        let small = pattern(3);
+        // Three requests in one write: a large one, a small one, and a large one again.
+        let mut bytes = identity_request(&big, true);
+        bytes.extend(identity_request(&small, true));
+        bytes.extend(identity_request(&big[..4 * MIB], true));
+        let mut c = s.client();
+        c.send(&bytes);
+        let first = c.read_response();
+        assert_eq!(first.status, 200, "{placement}: {}", first.error());
+        assert!(
+            binary_tail(&first) == big.as_slice(),
+            "{placement}: the large answer differs from its input"
+        );
+        let second = c.read_response();
+        assert_eq!(second.status, 200);
+        assert_eq!(binary_tail(&second), small.as_slice(), "{placement}");
+        let third = c.read_response();
+        assert_eq!(third.status, 200);
+        assert!(binary_tail(&third) == &big[..4 * MIB], "{placement}");
+        // The connection goes on serving small requests.
+        let ready = c.get("/v2/health/ready");
+        assert_eq!(ready.status, 200);
+    }
+}
+
+#[test]
+fn a_client_reading_a_large_answer_slowly_holds_up_no_one_else() {
+    let cfg = config("inline");
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let big = pattern(16 * MIB / 4);
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(&identity_request(&big, true)).unwrap();
+    // Take the first bytes of the answer, then stop reading for a while: the rest waits on the
+    // shard, sent as the client makes room.
+    let mut got = vec![0u8; 64 << 10];
+    slow.read_exact(&mut got).unwrap();
+    let mut other = s.client();
+    for i in 0..20 {
+        let r = other.post_json(
+            "/v2/models/identity/infer",
+            &json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,1],"data":[i]}]}),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["outputs"][0]["data"], json!([i as f64]));
+    }
+    // Then the slow client takes the rest, intact.
+    let mut rest = Vec::new();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let json_len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("inference-header-content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    rest.extend_from_slice(&got[head_end..]);
+    while rest.len() < len {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = slow.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the answer ended after {} of {len} bytes",
+            rest.len()
+        );
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let header: Value = serde_json::from_slice(&rest[..json_len]).unwrap();
+    assert_eq!(header["outputs"][0]["shape"], json!([1, big.len() / 4]));
+    assert!(
+        rest[json_len..] == big[..],
+        "the slow client's answer was corrupted"
+    );
+}
