@@ -12,10 +12,13 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use smallvec::SmallVec;
+
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{InferenceHeader, Method, Responder, JSON};
+use crate::http::{InferenceHeader, Method, Responder, ENCODE_SLICE_BYTES, JSON};
 use crate::metrics::{self, Outcome, ShardMetrics, ShardMetricsSnapshot};
 use crate::model::ModelRegistry;
+use crate::protocol::json_data::write_json_elements;
 use crate::protocol::{self, metadata, InferRequest, ModelAction, Route};
 use crate::stats::{render_stats, RequestTimes, ShardStats, StatsSnapshot};
 use crate::tensor::Tensor;
@@ -356,16 +359,27 @@ impl ShardService {
             &job.request,
             ran.outputs,
             resp.scratch(),
+            ENCODE_SLICE_BYTES,
         );
-        let tails = match encoded {
-            Ok(tails) => tails,
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
             Err(e) => {
                 self.record_failure(job.model, job.received, &e);
                 resp.error(&e);
                 return;
             }
         };
-        resp.send_scratch(200, &tails);
+        if encoded.left_out.is_empty() {
+            resp.send_scratch(200, &encoded.tails);
+        } else {
+            // Large JSON data: written a slice at a time by the connection, where it can.
+            let data: SmallVec<[_; 1]> = encoded
+                .left_out
+                .iter()
+                .map(|l| (l.at, l.datatype, l.data))
+                .collect();
+            resp.send_scratch_with(200, &data, write_json_elements);
+        }
         let encoded = Instant::now();
         self.stats.record_success(
             job.model,

@@ -151,3 +151,61 @@ fn a_client_reading_a_large_answer_slowly_holds_up_no_one_else() {
         "the slow client's answer was corrupted"
     );
 }
+
+/// The JSON `data` of the first output of answer `r`, as f32.
+fn json_data(r: &Response) -> Vec<f32> {
+    r.json()["outputs"][0]["data"]
+        .as_array()
+        .expect("JSON data")
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn a_large_json_answer_is_written_in_slices_and_equals_the_whole() {
+    for (placement, shards) in [("inline", 1), ("worker", 1), ("inline", 2)] {
+        let cfg = config(placement);
+        let s = Server::start_with(shards, &["--config", cfg.to_str().unwrap()]);
+        let n = 300_000;
+        let big = pattern(n);
+        let want: Vec<f32> = (0..n).map(|i| (i % 65_521) as f32 - 0.5).collect();
+        // A large JSON answer, then a small one pipelined behind it.
+        let mut bytes = identity_request(&big, false);
+        bytes.extend(identity_request(&pattern(2), false));
+        let mut c = s.client();
+        c.send(&bytes);
+        let first = c.read_response();
+        assert_eq!(first.status, 200, "{placement}");
+        assert_eq!(
+            first.header("transfer-encoding"),
+            Some("chunked"),
+            "{placement}: a large JSON answer is written as it goes"
+        );
+        assert!(
+            json_data(&first) == want,
+            "{placement}: the JSON answer differs"
+        );
+        assert_eq!(first.json()["outputs"][0]["shape"], json!([1, n]));
+        let second = c.read_response();
+        assert_eq!(second.status, 200);
+        assert!(
+            second.header("content-length").is_some(),
+            "a small one is not"
+        );
+        assert_eq!(json_data(&second), [-0.5, 0.5]);
+        // HTTP/1.0 has no chunked coding: the whole body, with its length, and then the close.
+        let mut old = s.client();
+        let mut request = identity_request(&big, false);
+        let line_end = request.windows(2).position(|w| w == b"\r\n").unwrap();
+        request.splice(line_end - 3..line_end, *b"1.0");
+        old.send(&request);
+        let r = old.read_response();
+        assert_eq!(r.status, 200);
+        assert!(r.header("transfer-encoding").is_none());
+        assert!(
+            json_data(&r) == want,
+            "{placement}: the HTTP/1.0 answer differs"
+        );
+    }
+}

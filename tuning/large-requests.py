@@ -35,7 +35,7 @@ def large():
         if not b: break
         got += len(b)
         if got > len(body) * (5 if json_out else 1): break
-        if json_out and b.endswith(b"]}]}"): break
+        if json_out and (b.endswith(b"]}]}") or b.endswith(b"\r\n0\r\n\r\n")): break
         if not json_out and got >= n * 4: break
 stop = multiprocessing.Event(); worst = multiprocessing.Value("d", 0.0)
 p = multiprocessing.Process(target=prober, args=(stop, worst)); p.start(); time.sleep(0.2)

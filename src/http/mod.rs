@@ -13,5 +13,6 @@ pub use request::{
     RequestHead, MAX_HEADERS,
 };
 pub use response::{
-    reason_phrase, Responder, ResponseMode, TailSegment, CONTINUE_100, JSON, OCTET_STREAM,
+    reason_phrase, write_chunk, Deferred, Responder, ResponseMode, SliceEncoder, TailPart,
+    CONTINUE_100, ENCODE_SLICE_BYTES, JSON, LAST_CHUNK, OCTET_STREAM,
 };

@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use crate::error::{ApiError, ErrorKind};
+use crate::tensor::DataType;
 
 /// The interim response sent for `Expect: 100-continue`.
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -42,8 +43,58 @@ pub const OCTET_STREAM: &str = "application/octet-stream";
 /// system call. Below this, one copy is cheaper than a send.
 pub const DEFER_TAILS_MIN_BYTES: usize = 256 << 10;
 
-/// A stretch of memory a response's tail is sent from: its address and length.
-pub type TailSegment = (usize, usize);
+/// Tensor data encoded as it is sent (JSON) is written this much at a time (of its binary
+/// layout: 16 Ki FP32 elements, a fraction of a millisecond), and only tensors at least this
+/// large are written that way.
+pub const ENCODE_SLICE_BYTES: usize = 64 << 10;
+
+/// Writes whole elements of tensor data of `datatype` (binary layout) in a body's encoding.
+pub type SliceEncoder = fn(DataType, &[u8], &mut Vec<u8>);
+
+/// A part of a response body that the caller sends after the output buffer (see
+/// [`Responder::deferring`]).
+#[derive(Debug)]
+pub enum TailPart {
+    /// Bytes sent as they lie.
+    Raw {
+        /// Where they lie.
+        addr: usize,
+        /// How many.
+        len: usize,
+    },
+    /// Tensor data written a slice of whole elements at a time.
+    Encoded {
+        /// Where its binary layout lies.
+        addr: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// Its element type.
+        datatype: DataType,
+        /// What writes a slice of it.
+        encode: SliceEncoder,
+    },
+    /// Bytes of the body that follow an `Encoded` part.
+    Text(Vec<u8>),
+}
+
+/// What a response left for its connection to send after the output buffer.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    /// What to send, in order.
+    pub parts: Vec<TailPart>,
+    /// The body's length is unknown (it has `Encoded` parts): it is sent in chunked coding, the
+    /// output buffer ending with the first chunk's data; the caller frames each further part as
+    /// chunks and ends with the last chunk.
+    pub chunked: bool,
+}
+
+impl Deferred {
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.parts.clear();
+        self.chunked = false;
+    }
+}
 
 /// Seconds a client is told to wait after a 429 or 503.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -83,7 +134,7 @@ pub struct Responder<'b> {
     mode: ResponseMode,
     /// Where large tails go instead of the output buffer, if the caller can send them from
     /// where they lie.
-    defer: Option<&'b mut Vec<TailSegment>>,
+    defer: Option<&'b mut Deferred>,
 }
 
 impl<'b> Responder<'b> {
@@ -106,11 +157,12 @@ impl<'b> Responder<'b> {
     }
 
     /// Lets this responder leave binary tails of [`DEFER_TAILS_MIN_BYTES`] or more where they
-    /// lie: their addresses go into `tails` (in order) and only the head and the JSON header go
-    /// into the output buffer. The caller then owes the client those bytes, right after what the
-    /// output buffer holds, and must keep the memory they lie in alive and unchanged until they
-    /// are sent (or copy them before it lets go of it).
-    pub fn deferring(mut self, tails: &'b mut Vec<TailSegment>) -> Self {
+    /// lie, and large tensors' JSON data unwritten (see [`Responder::send_scratch_with`]): what
+    /// it leaves goes into `tails`, and only the head and the rest of the body go into the output
+    /// buffer. The caller then owes the client those parts, right after what the output buffer
+    /// holds, and must keep the memory they lie in alive and unchanged until they are sent (or
+    /// write them out before it lets go of it).
+    pub fn deferring(mut self, tails: &'b mut Deferred) -> Self {
         tails.clear();
         self.defer = Some(tails);
         self
@@ -118,7 +170,7 @@ impl<'b> Responder<'b> {
 
     /// Whether the last response left its tails where they lie (see [`Responder::deferring`]).
     pub fn deferred(&self) -> bool {
-        self.defer.as_deref().is_some_and(|d| !d.is_empty())
+        self.defer.as_deref().is_some_and(|d| !d.parts.is_empty())
     }
 
     /// Whether the response says the connection stays open.
@@ -184,7 +236,10 @@ impl<'b> Responder<'b> {
         let tails_len = len - self.scratch.len();
         if let Some(defer) = self.defer.as_deref_mut() {
             if tails_len >= DEFER_TAILS_MIN_BYTES {
-                defer.extend(tails.iter().map(|t| (t.as_ptr() as usize, t.len())));
+                defer.parts.extend(tails.iter().map(|t| TailPart::Raw {
+                    addr: t.as_ptr() as usize,
+                    len: t.len(),
+                }));
                 return;
             }
         }
@@ -193,11 +248,67 @@ impl<'b> Responder<'b> {
         }
     }
 
+    /// Sends the scratch buffer as a JSON body into which tensor data goes: `data` says, in
+    /// order, at which byte of the scratch each tensor's elements go, and `encode` writes them.
+    /// A responder that may defer writes the body in chunked coding and leaves the tensors for
+    /// the caller to write a slice at a time (HTTP/1.0 has no chunked coding, and a HEAD answer
+    /// needs the length: both get the whole body written now).
+    pub fn send_scratch_with(
+        &mut self,
+        status: u16,
+        data: &[(usize, DataType, &[u8])],
+        encode: SliceEncoder,
+    ) {
+        let Some(&(first, ..)) = data.first() else {
+            return self.send_scratch(status, &[]);
+        };
+        if self.defer.is_none() || self.mode.http_1_0 || self.mode.head_only {
+            let mut body = Vec::new();
+            let mut from = 0;
+            for &(at, datatype, bytes) in data {
+                body.extend_from_slice(&self.scratch[from..at]);
+                encode(datatype, bytes, &mut body);
+                from = at;
+            }
+            body.extend_from_slice(&self.scratch[from..]);
+            *self.scratch = body;
+            return self.send_scratch(status, &[]);
+        }
+        self.head_with(status, JSON, None, None);
+        if let Some(defer) = self.defer.as_deref_mut() {
+            defer.chunked = true;
+            write_chunk(self.out, &self.scratch[..first]);
+            for (i, &(at, datatype, bytes)) in data.iter().enumerate() {
+                defer.parts.push(TailPart::Encoded {
+                    addr: bytes.as_ptr() as usize,
+                    len: bytes.len(),
+                    datatype,
+                    encode,
+                });
+                let end = data.get(i + 1).map_or(self.scratch.len(), |d| d.0);
+                defer
+                    .parts
+                    .push(TailPart::Text(self.scratch[at..end].to_vec()));
+            }
+        }
+    }
+
     fn head(
         &mut self,
         status: u16,
         content_type: &str,
         content_length: usize,
+        inference_header: Option<usize>,
+    ) {
+        self.head_with(status, content_type, Some(content_length), inference_header);
+    }
+
+    /// Writes the head; without a length, the body follows in chunked coding.
+    fn head_with(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        content_length: Option<usize>,
         inference_header: Option<usize>,
     ) {
         let mut num = itoa::Buffer::new();
@@ -210,8 +321,13 @@ impl<'b> Responder<'b> {
         out.extend_from_slice(self.date);
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(num.format(content_length).as_bytes());
+        match content_length {
+            Some(n) => {
+                out.extend_from_slice(b"\r\nContent-Length: ");
+                out.extend_from_slice(num.format(n).as_bytes());
+            }
+            None => out.extend_from_slice(b"\r\nTransfer-Encoding: chunked"),
+        }
         if let Some(n) = inference_header {
             out.extend_from_slice(b"\r\nInference-Header-Content-Length: ");
             out.extend_from_slice(num.format(n).as_bytes());
@@ -229,6 +345,34 @@ impl<'b> Responder<'b> {
             out.extend_from_slice(b"\r\nConnection: keep-alive");
         }
         out.extend_from_slice(b"\r\n\r\n");
+    }
+}
+
+/// Appends `data` as one chunk of chunked coding (nothing, if it is empty: an empty chunk would
+/// end the body).
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut digits = [0u8; 16];
+    out.extend_from_slice(format_hex(data.len(), &mut digits));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+fn format_hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -289,7 +433,7 @@ mod tests {
     #[test]
     fn large_tails_are_deferred_only_to_a_responder_that_may() {
         let big = vec![7u8; DEFER_TAILS_MIN_BYTES];
-        let (mut out, mut scratch, mut tails) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut scratch, mut tails) = (Vec::new(), Vec::new(), Deferred::default());
         let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::KEEP_ALIVE)
             .deferring(&mut tails);
         r.scratch().extend_from_slice(b"{}");
@@ -298,20 +442,29 @@ mod tests {
         let total = (2 + 3 + big.len()).to_string();
         assert!(headers.contains(&("content-length".into(), total)));
         assert_eq!(body, b"{}", "only the JSON header is copied");
+        let raw: Vec<_> = tails
+            .parts
+            .iter()
+            .map(|p| match p {
+                TailPart::Raw { addr, len } => (*addr, *len),
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(
-            tails,
+            raw,
             [
                 (b"abc".as_ptr() as usize, 3),
                 (big.as_ptr() as usize, big.len())
             ]
         );
+        assert!(!tails.chunked);
         // Small tails are copied even when they may be deferred.
         let mut out = Vec::new();
         let mut r = Responder::new(&mut out, &mut scratch, b"d", ResponseMode::KEEP_ALIVE)
             .deferring(&mut tails);
         r.scratch().extend_from_slice(b"{}");
         r.send_scratch(200, &[&big[1..]]);
-        assert!(tails.is_empty());
+        assert!(tails.parts.is_empty());
         assert_eq!(parse(&out).2.len(), 2 + big.len() - 1);
     }
 

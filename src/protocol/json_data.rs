@@ -429,6 +429,36 @@ pub fn to_writer_triton<W: io::Write, T: Serialize + ?Sized>(
     ))
 }
 
+/// Formats like [`TritonFormatter`], without the brackets of arrays: a tensor's elements only.
+struct BareElements;
+
+impl serde_json::ser::Formatter for BareElements {
+    fn begin_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write_null<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        TritonFormatter.write_null(writer)
+    }
+}
+
+/// Appends the elements of `data` (binary layout, whole elements of `datatype`, which has a
+/// fixed size: not BYTES) to `out` as JSON values separated by commas, without brackets: a
+/// slice of a `"data"` array, written as [`JsonData`] writes the whole.
+pub fn write_json_elements(datatype: DataType, data: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(datatype.element_size().is_some());
+    JsonData { datatype, data }
+        .serialize(&mut serde_json::Serializer::with_formatter(
+            out,
+            BareElements,
+        ))
+        .expect("fixed-size elements always serialize into a Vec");
+}
+
 impl Serialize for JsonData<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(None)?;

@@ -15,5 +15,5 @@ pub mod routes;
 pub use infer_request::{
     decode_infer_request, decode_infer_request_into, InferRequest, OutputChoice,
 };
-pub use infer_response::encode_infer_response;
+pub use infer_response::{encode_infer_response, Encoded, LeftOut};
 pub use routes::{route, ModelAction, Route};

@@ -40,8 +40,8 @@ use super::shard::Core;
 use crate::batch::assemble::{self, within, BatchResult};
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{
-    Body, Decoded, Message, Method, RequestDecoder, Responder, ResponseMode, TailSegment,
-    CONTINUE_100,
+    write_chunk, Body, Decoded, Deferred, Message, Method, RequestDecoder, Responder, ResponseMode,
+    TailPart, CONTINUE_100, ENCODE_SLICE_BYTES, LAST_CHUNK,
 };
 use crate::service::{Action, Gather, InferJob, Ran, Request};
 use crate::stats::StatsSnapshot;
@@ -290,28 +290,29 @@ impl Keep {
     }
 }
 
-/// The binary tensor data of the last response, sent from where it lies, right after what
-/// `write` held when it was answered. Until it has all gone, the connection decodes and reads
-/// nothing (its read and dechunk buffers may be where the data lies), so nothing can come
-/// between.
+/// What the last response left to send after what `write` held when it was answered (see
+/// [`Responder::deferring`]): large binary tensor data, sent from where it lies, or large tensors'
+/// JSON data, written a slice per loop turn in chunked coding. Until it has all gone, the
+/// connection decodes and reads nothing (its read and dechunk buffers may be where the data
+/// lies), so nothing can come between.
 struct Tails {
-    /// Address and length of each stretch, in order; none is empty.
-    segs: Vec<TailSegment>,
-    /// The stretch being sent, and how much of it has gone.
+    /// The parts, in order; no `Raw` part is empty.
+    d: Deferred,
+    /// The part being sent, and how much of it has gone.
     next: usize,
     off: usize,
     keep: Keep,
     /// `keep.bytes()`, for the shard's buffer count (the read and dechunk buffers are counted
     /// as such).
     kept_bytes: usize,
-    /// The first tail send has started: what `write` held before the tails has gone.
+    /// The first part has started: what `write` held before the tails has gone.
     started: bool,
 }
 
 impl Tails {
     fn new() -> Self {
         Tails {
-            segs: Vec::new(),
+            d: Deferred::default(),
             next: 0,
             off: 0,
             keep: Keep::Nothing,
@@ -321,22 +322,67 @@ impl Tails {
     }
 
     fn pending(&self) -> bool {
-        self.next < self.segs.len()
+        self.next < self.d.parts.len()
     }
 
-    /// Counts `n` bytes sent of the current stretch; says whether any are left.
+    /// Counts `n` bytes sent of the current (`Raw`) part; says whether any are left.
     fn advance(&mut self, n: usize) -> bool {
         self.off += n;
-        if self.off == self.segs[self.next].1 {
-            self.next += 1;
-            self.off = 0;
+        if let TailPart::Raw { len, .. } = self.d.parts[self.next] {
+            if self.off == len {
+                self.next += 1;
+                self.off = 0;
+            }
         }
         self.pending()
     }
 
+    /// Writes the next chunk of a chunked body into `out`: the text parts up to the next slice
+    /// of encoded data, and that slice; after the last part, the last chunk.
+    fn write_next_chunk(&mut self, scratch: &mut Vec<u8>, out: &mut Vec<u8>) {
+        self.started = true;
+        scratch.clear();
+        while let Some(part) = self.d.parts.get(self.next) {
+            match part {
+                TailPart::Text(text) => {
+                    scratch.extend_from_slice(text);
+                    self.next += 1;
+                }
+                &TailPart::Encoded {
+                    addr,
+                    len,
+                    datatype,
+                    encode,
+                } => {
+                    let element = datatype.element_size().unwrap_or(1).max(1);
+                    let take = (len - self.off).min(ENCODE_SLICE_BYTES / element * element);
+                    if self.off > 0 {
+                        scratch.push(b',');
+                    }
+                    // SAFETY: `secure_tails` checked that the data lies in memory this
+                    // connection keeps until the tails have gone.
+                    let data =
+                        unsafe { std::slice::from_raw_parts((addr + self.off) as *const u8, take) };
+                    encode(datatype, data, scratch);
+                    self.off += take;
+                    if self.off >= len {
+                        self.next += 1;
+                        self.off = 0;
+                    }
+                    break;
+                }
+                TailPart::Raw { .. } => unreachable!("a chunked body has no raw parts"),
+            }
+        }
+        write_chunk(out, scratch);
+        if !self.pending() {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+    }
+
     /// Forgets the tails (sent, or the client is gone) and lets go of their memory.
     fn finish(&mut self, pool: &BufferPool) {
-        self.segs.clear();
+        self.d.clear();
         self.next = 0;
         self.off = 0;
         self.kept_bytes = 0;
@@ -668,7 +714,7 @@ impl Connection {
                     &date,
                     head.mode(draining),
                 )
-                .deferring(&mut self.tails.segs);
+                .deferring(&mut self.tails.d);
                 let answered = catch_unwind(AssertUnwindSafe(|| {
                     answer_infer(core, &job, outcome, &mut resp)
                 }));
@@ -699,7 +745,7 @@ impl Connection {
         };
         let answered = answered.unwrap_or_else(|| {
             self.write.truncate(mark);
-            self.tails.segs.clear();
+            self.tails.d.clear();
             internal_error(core, &mut self.write, &mut self.scratch);
             Answered::new(false)
         });
@@ -758,8 +804,17 @@ impl Connection {
             // Deferred tails follow what `write` held when they were deferred; nothing is
             // written meanwhile, so once `write` has gone, they are next.
             if self.tails.pending() && (self.tails.started || self.write.is_empty()) {
-                self.send_tail(key, engine);
-            } else if !self.write.is_empty() {
+                if self.tails.d.chunked {
+                    self.tails
+                        .write_next_chunk(&mut self.scratch, &mut self.write);
+                    if !self.tails.pending() {
+                        self.tails.finish(&core.pools.tensor);
+                    }
+                } else {
+                    self.send_tail(key, engine);
+                }
+            }
+            if !self.send_in_flight && !self.write.is_empty() {
                 std::mem::swap(&mut self.write, &mut self.sending);
                 self.sent = 0;
                 self.send_from_sending(key, engine);
@@ -867,7 +922,9 @@ impl Connection {
 
     /// Sends the rest of the current deferred tail from where it lies.
     fn send_tail(&mut self, key: usize, engine: &mut Engine) {
-        let (addr, len) = self.tails.segs[self.tails.next];
+        let TailPart::Raw { addr, len } = self.tails.d.parts[self.tails.next] else {
+            unreachable!("only raw parts are sent as they lie");
+        };
         let off = self.tails.off;
         let len = (len - off).min(MAX_IO_BYTES);
         // SAFETY: `secure_tails` checked that the stretch lies in memory this connection keeps:
@@ -881,26 +938,41 @@ impl Connection {
     }
 
     /// After a response's tails were deferred (see [`Responder::deferring`]): keeps the memory
-    /// they lie in until they are sent, or, should any lie elsewhere, copies them now, while
+    /// they lie in until they are sent, or, should any lie elsewhere, writes them out now, while
     /// that memory is still alive.
     fn secure_tails(&mut self, keep: Keep, core: &Core) {
-        self.tails.segs.retain(|&(_, len)| len > 0);
-        if self.tails.segs.is_empty() {
+        let parts = &mut self.tails.d.parts;
+        parts.retain(|p| !matches!(p, TailPart::Raw { len: 0, .. }));
+        if parts.is_empty() {
+            self.tails.d.clear();
             keep.recycle(&core.pools.tensor);
             return;
         }
         let (read, dechunked) = (self.read.buf.as_slice(), self.dechunked.as_slice());
-        let kept = self.tails.segs.iter().all(|&(addr, len)| {
-            within(read, addr, len) || within(dechunked, addr, len) || keep.holds(addr, len)
+        let kept = parts.iter().all(|p| match *p {
+            TailPart::Raw { addr, len } | TailPart::Encoded { addr, len, .. } => {
+                within(read, addr, len) || within(dechunked, addr, len) || keep.holds(addr, len)
+            }
+            TailPart::Text(_) => true,
         });
         if !kept {
-            for &(addr, len) in &self.tails.segs {
-                // SAFETY: the tails were deferred by the response just written, whose outputs
-                // (and the inputs they may borrow) are alive until the caller lets go of `keep`.
-                let t = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
-                self.write.extend_from_slice(t);
+            if self.tails.d.chunked {
+                while self.tails.pending() {
+                    self.tails
+                        .write_next_chunk(&mut self.scratch, &mut self.write);
+                }
+            } else {
+                for p in &self.tails.d.parts {
+                    if let TailPart::Raw { addr, len } = *p {
+                        // SAFETY: the tails were deferred by the response just written, whose
+                        // outputs (and the inputs they may borrow) are alive until the caller
+                        // lets go of `keep`.
+                        let t = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+                        self.write.extend_from_slice(t);
+                    }
+                }
             }
-            self.tails.segs.clear();
+            self.tails.finish(&core.pools.tensor);
             keep.recycle(&core.pools.tensor);
             return;
         }
@@ -1050,7 +1122,7 @@ impl Connection {
         let date = core.service.date();
         let mode = info.mode(core.service.is_draining());
         let mut resp = Responder::new(&mut self.write, &mut self.scratch, &date, mode)
-            .deferring(&mut self.tails.segs);
+            .deferring(&mut self.tails.d);
         let handled = catch_unwind(AssertUnwindSafe(|| {
             let action = core.service.handle(&request, &mut resp);
             match action {
@@ -1076,7 +1148,7 @@ impl Connection {
             // `resp` is not used past here, so `write` is ours again: drop whatever the panicked
             // handler had half-written.
             self.write.truncate(mark);
-            self.tails.segs.clear();
+            self.tails.d.clear();
             internal_error(core, &mut self.write, &mut self.scratch);
             Step::Answered(Answered::new(false))
         });

@@ -235,6 +235,18 @@ impl Client {
                         )
                     })
                     .collect();
+                let chunked = headers.iter().any(|(k, v)| {
+                    k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+                });
+                if chunked && !head {
+                    self.buf.drain(..n);
+                    let body = self.read_chunked();
+                    return Response {
+                        status,
+                        headers,
+                        body,
+                    };
+                }
                 let len: usize = if head || status == 100 {
                     0
                 } else {
@@ -242,7 +254,7 @@ impl Client {
                         .iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
                         .map(|(_, v)| v.parse().unwrap())
-                        .expect("every friday response has Content-Length")
+                        .expect("a friday response has Content-Length or is chunked")
                 };
                 while self.buf.len() < n + len {
                     self.fill();
@@ -256,6 +268,35 @@ impl Client {
                 };
             }
             self.fill();
+        }
+    }
+
+    /// Reads a chunked body (its head already taken from the buffer), checking its framing.
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                self.fill();
+            };
+            let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+            let size = usize::from_str_radix(size, 16).expect("a chunk size in hex");
+            while self.buf.len() < line_end + 2 + size + 2 {
+                self.fill();
+            }
+            let data = line_end + 2;
+            assert_eq!(
+                &self.buf[data + size..data + size + 2],
+                b"\r\n",
+                "chunk framing"
+            );
+            body.extend_from_slice(&self.buf[data..data + size]);
+            self.buf.drain(..data + size + 2);
+            if size == 0 {
+                return body;
+            }
         }
     }
 

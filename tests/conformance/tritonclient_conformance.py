@@ -28,6 +28,17 @@ def infer_identity(client, binary):
     check(result.get_response()["model_name"] == "identity", "response names the model")
 
 
+def infer_large_json(client):
+    # A JSON answer this large is written a slice at a time, in chunked coding.
+    data = (np.arange(100_000, dtype=np.float32) * 0.25 - 7.0).reshape(1, -1)
+    inp = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
+    inp.set_data_from_numpy(data, binary_data=True)
+    out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)
+    result = client.infer("identity", [inp], outputs=[out])
+    got = result.as_numpy("OUTPUT0")
+    check(got is not None and np.array_equal(got, data), "a 100k-element JSON answer arrives whole")
+
+
 def infer_simple(client, binary, batch=1):
     a = np.arange(16 * batch, dtype=np.int32).reshape(batch, 16)
     b = np.full((batch, 16), 7, dtype=np.int32)
@@ -76,6 +87,7 @@ def main():
         check(np.array_equal(p.get_result().as_numpy("OUTPUT0"), data * i), f"async identity request {i}")
     after = client.get_inference_statistics("identity")["model_stats"][0]["inference_count"]
     check(after - before == 22, f"statistics count the 22 identity inferences (got {after - before})")
+    infer_large_json(client)
 
     try:
         inp = httpclient.InferInput("INPUT0", [1, 1], "FP32")
