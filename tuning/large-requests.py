@@ -6,17 +6,27 @@ large requests took and the longest the prober waited for one answer. The prober
 of its own, so the clients' threads cannot hold it up (Python's GIL), and runs at real-time
 priority where allowed, so that it measures the server rather than its own CPU. Usage:
 
-    tuning/large-requests.py PORT MIB bin|json COUNT
+    tuning/large-requests.py PORT MIB bin|json COUNT [json-in]
+
+MIB is the tensor's size in binary layout; with `json-in` the input is sent as JSON (about
+twice as many bytes on the wire) and the output asked for as binary.
 """
 import json, multiprocessing, os, socket, sys, threading, time
 port = int(sys.argv[1]); mib = int(sys.argv[2]); json_out = sys.argv[3] == "json"; n_large = int(sys.argv[4])
+json_in = sys.argv[5:] == ["json-in"]
 n = mib * (1 << 20) // 4
-header = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, n], "parameters": {"binary_data_size": n * 4}}]}
-if not json_out:
-    header["outputs"] = [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]
-h = json.dumps(header).encode()
-body = h + bytes(n * 4)
-req = (f"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nInference-Header-Content-Length: {len(h)}\r\n\r\n").encode() + body
+if json_in:
+    json_out = False
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, n], "data": [0.5] * n}],
+                       "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}).encode()
+    req = (f"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+else:
+    header = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, n], "parameters": {"binary_data_size": n * 4}}]}
+    if not json_out:
+        header["outputs"] = [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]
+    h = json.dumps(header).encode()
+    body = h + bytes(n * 4)
+    req = (f"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nInference-Header-Content-Length: {len(h)}\r\n\r\n").encode() + body
 small = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n"
 def prober(stop, worst):
     try:  # Ahead of the clients on their CPU (it sleeps between probes), where allowed.
@@ -44,4 +54,4 @@ ls = [threading.Thread(target=large) for _ in range(n_large)]
 [l.start() for l in ls]; [l.join() for l in ls]
 took = time.perf_counter() - t
 stop.set(); p.join()
-print(f"{n_large} x {mib} MiB binary in, {'JSON' if json_out else 'binary'} out: took {took*1000:.0f} ms; worst readiness wait {worst.value*1000:.1f} ms")
+print(f"{n_large} x {mib} MiB {'JSON' if json_in else 'binary'} in, {'JSON' if json_out else 'binary'} out: took {took*1000:.0f} ms; worst readiness wait {worst.value*1000:.1f} ms")
