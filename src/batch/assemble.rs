@@ -248,23 +248,14 @@ impl<'i> BatchResult<'i> {
             .collect()
     }
 
-    /// Bytes of data it owns (inputs copied for the batch, outputs the model produced).
-    pub fn owned_bytes(&self) -> usize {
+    /// Whether the `len` bytes at address `addr` lie within one of the buffers the batch owns
+    /// (its inputs' or its outputs' data), so that they live as long as it does. Borrowed inputs
+    /// are not its own.
+    pub fn holds(&self, addr: usize, len: usize) -> bool {
         let inputs = self.inputs.iter().filter_map(|t| match &t.data {
-            Cow::Owned(v) => Some(v.len()),
+            Cow::Owned(v) => Some(v.as_slice()),
             Cow::Borrowed(_) => None,
         });
-        let outputs = self.outputs.iter().filter_map(|t| match &t.data {
-            OutputData::Owned(v) => Some(v.len()),
-            OutputData::Input { .. } => None,
-        });
-        inputs.chain(outputs).sum()
-    }
-
-    /// Whether the `len` bytes at address `addr` lie within one of the batch's buffers (its
-    /// inputs' or its outputs' data), so that they live as long as it does.
-    pub fn holds(&self, addr: usize, len: usize) -> bool {
-        let inputs = self.inputs.iter().map(|t| &*t.data);
         let outputs = self.outputs.iter().filter_map(|t| match &t.data {
             OutputData::Owned(v) => Some(v.as_slice()),
             OutputData::Input { .. } => None,

@@ -263,15 +263,6 @@ enum Keep {
 }
 
 impl Keep {
-    /// Bytes it keeps alive (a batch's in full, though other requests share it).
-    fn bytes(&self) -> usize {
-        match self {
-            Keep::Nothing => 0,
-            Keep::Buffers(bufs) => bufs.iter().map(Vec::capacity).sum(),
-            Keep::Batch(result) => result.owned_bytes(),
-        }
-    }
-
     fn holds(&self, addr: usize, len: usize) -> bool {
         match self {
             Keep::Nothing => false,
@@ -302,8 +293,8 @@ struct Tails {
     next: usize,
     off: usize,
     keep: Keep,
-    /// `keep.bytes()`, for the shard's buffer count (the read and dechunk buffers are counted
-    /// as such).
+    /// What `keep` holds for this answer, for the shard's buffer count (see
+    /// [`Connection::secure_tails`]).
     kept_bytes: usize,
     /// The first part has started: what `write` held before the tails has gone.
     started: bool,
@@ -360,7 +351,7 @@ impl Tails {
                         scratch.push(b',');
                     }
                     // SAFETY: `secure_tails` checked that the data lies in memory this
-                    // connection keeps until the tails have gone.
+                    // connection keeps until the tails have gone (or dropped them).
                     let data =
                         unsafe { std::slice::from_raw_parts((addr + self.off) as *const u8, take) };
                     encode(datatype, data, scratch);
@@ -938,8 +929,11 @@ impl Connection {
     }
 
     /// After a response's tails were deferred (see [`Responder::deferring`]): keeps the memory
-    /// they lie in until they are sent, or, should any lie elsewhere, writes them out now, while
-    /// that memory is still alive.
+    /// they lie in until they are sent. Every output lies in its batch's buffers or in the
+    /// inputs it borrows, which lie in those buffers or in this connection's read or dechunk
+    /// buffer; a part found anywhere else would be a bug, and rather than send from memory
+    /// nobody keeps, the connection is cut after what it has written (the client sees a short
+    /// answer, never another's bytes).
     fn secure_tails(&mut self, keep: Keep, core: &Core) {
         let parts = &mut self.tails.d.parts;
         parts.retain(|p| !matches!(p, TailPart::Raw { len: 0, .. }));
@@ -949,34 +943,31 @@ impl Connection {
             return;
         }
         let (read, dechunked) = (self.read.buf.as_slice(), self.dechunked.as_slice());
-        let kept = parts.iter().all(|p| match *p {
-            TailPart::Raw { addr, len } | TailPart::Encoded { addr, len, .. } => {
-                within(read, addr, len) || within(dechunked, addr, len) || keep.holds(addr, len)
+        let mut kept = true;
+        let mut batch_share = 0;
+        for p in parts.iter() {
+            if let TailPart::Raw { addr, len } | TailPart::Encoded { addr, len, .. } = *p {
+                if within(read, addr, len) || within(dechunked, addr, len) {
+                    continue;
+                }
+                kept &= keep.holds(addr, len);
+                batch_share += len;
             }
-            TailPart::Text(_) => true,
-        });
+        }
         if !kept {
-            if self.tails.d.chunked {
-                while self.tails.pending() {
-                    self.tails
-                        .write_next_chunk(&mut self.scratch, &mut self.write);
-                }
-            } else {
-                for p in &self.tails.d.parts {
-                    if let TailPart::Raw { addr, len } = *p {
-                        // SAFETY: the tails were deferred by the response just written, whose
-                        // outputs (and the inputs they may borrow) are alive until the caller
-                        // lets go of `keep`.
-                        let t = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
-                        self.write.extend_from_slice(t);
-                    }
-                }
-            }
+            debug_assert!(false, "a deferred tail lies outside the memory kept for it");
+            tracing::error!("a response's tail lies outside the memory kept for it; closing");
             self.tails.finish(&core.pools.tensor);
             keep.recycle(&core.pools.tensor);
+            self.close_after = Some(Close::Client);
             return;
         }
-        self.tails.kept_bytes = keep.bytes();
+        // Counted for the shard's budget: the buffers kept for this answer alone, or its share
+        // of a batch that other requests share (the read and dechunk buffers count as such).
+        self.tails.kept_bytes = match &keep {
+            Keep::Buffers(bufs) => bufs.iter().map(Vec::capacity).sum(),
+            Keep::Batch(_) | Keep::Nothing => batch_share,
+        };
         self.tails.keep = keep;
     }
 
