@@ -119,6 +119,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::telemetry::init(&config.log);
+    // rten prepacks a model's weights at load on its global pool, sized to the machine unless
+    // told otherwise; inference runs on pools of one thread per calling thread (see
+    // `model::onnx`). One thread suffices for loads, and no idle pool waits beside the shards.
+    // Set here, before any other thread exists.
+    if std::env::var_os("RTEN_NUM_THREADS").is_none() {
+        std::env::set_var("RTEN_NUM_THREADS", "1");
+    }
     match crate::runtime::serve(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

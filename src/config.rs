@@ -490,7 +490,7 @@ impl Config {
             return Err(invalid("drain.timeout_ms", "must be at least 1 ms"));
         }
         for (name, m) in &self.models {
-            validate_model(name, m)?;
+            validate_model(name, m, self.model_repository.is_some())?;
         }
         Ok(())
     }
@@ -507,13 +507,17 @@ impl Config {
     }
 }
 
-fn validate_model(name: &str, m: &ModelSettings) -> Result<(), ConfigError> {
+/// Checks `[models.<name>]`. Without a model repository only the built-in models exist; with
+/// one, a section may name a repository model (the registry warns about one that names nothing
+/// it serves, since the repository is read after the config).
+fn validate_model(name: &str, m: &ModelSettings, repository: bool) -> Result<(), ConfigError> {
     // Keys name the section; the problem names the model, so the message points at the line.
-    if !BUILTIN_MODELS.contains(&name) {
+    if !repository && !BUILTIN_MODELS.contains(&name) {
         return Err(invalid(
             "models",
             format!(
-                "no model named `{name}`: the models are {}",
+                "no model named `{name}`: the models are {} (and, with --model-repository, the \
+                 repository's)",
                 BUILTIN_MODELS.join(", ")
             ),
         ));

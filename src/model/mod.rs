@@ -7,7 +7,9 @@
 //! outputs in metadata order. A model must never panic on checked inputs and never block on I/O.
 
 mod identity;
+pub mod onnx;
 mod registry;
+pub mod repository;
 mod simple;
 mod synthetic;
 
@@ -73,7 +75,7 @@ impl std::fmt::Display for ModelError {
     }
 }
 
-/// An inference model. Implemented by the built-in models and, later, by the ONNX backends.
+/// An inference model. Implemented by the built-in models and by the ONNX backend.
 pub trait Model: Send + Sync + 'static {
     /// What the model takes and returns.
     fn metadata(&self) -> &ModelMetadata;

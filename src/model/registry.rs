@@ -2,12 +2,15 @@
 //! served (batching policy, placement, timeouts).
 //!
 //! Built once at startup and shared read-only by every shard. friday serves its built-in
-//! repository (`identity`, `simple`, `synthetic`), each tuned by its `[models.<name>]` section;
-//! reading a Triton-layout repository from disk is a later step.
+//! repository (`identity`, `simple`, `synthetic`) and, with `--model-repository`, the ONNX
+//! models of a Triton-layout repository on disk (see [`super::repository`]), which take the
+//! place of a built-in of the same name; each is tuned by its `[models.<name>]` section.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::onnx::OnnxModel;
+use super::repository;
 use super::{Identity, Model, Simple, Synthetic};
 use crate::batch::PolicyConfig;
 use crate::config::{Config, DynamicBatching, ModelSettings, Placement};
@@ -138,16 +141,72 @@ impl ModelRegistry {
         ModelRegistry { entries }
     }
 
-    /// The registry the config asks for: the built-in models, tuned by `[models.<name>]`.
+    /// The registry the config asks for: the built-in models and those of the model
+    /// repository, tuned by `[models.<name>]`. A repository model that cannot be loaded is
+    /// logged with the reason and not served; the others are.
     pub fn from_config(config: &Config) -> Result<Self, StartupError> {
+        let mut models = Self::builtin_models(config);
         if let Some(dir) = &config.model_repository {
-            return Err(StartupError::new(format!(
-                "--model-repository {}: this build serves only the built-in repository \
-                 (identity, simple, synthetic); reading models from disk is not implemented \
-                 yet. Leave --model-repository unset",
-                dir.display()
-            )));
+            let scan = repository::scan(dir).map_err(StartupError::new)?;
+            for (name, why) in &scan.failed {
+                tracing::error!(model = %name, reason = %why, "model not loaded");
+            }
+            for found in scan.found {
+                let settings = config.model(&found.name);
+                if let Some(cfg) = &found.config {
+                    tracing::warn!(
+                        model = %found.name,
+                        config = %cfg.display(),
+                        "config.pbtxt is not read yet: the configuration is completed from the \
+                         ONNX graph and [models.<name>] in friday's config"
+                    );
+                }
+                let started = std::time::Instant::now();
+                match OnnxModel::load(&found.file, &found.name, settings.max_batch_size) {
+                    Ok(model) => {
+                        tracing::info!(
+                            model = %found.name,
+                            version = found.version,
+                            file = %found.file.display(),
+                            load_ms = started.elapsed().as_millis() as u64,
+                            "model loaded"
+                        );
+                        models.retain(|(m, _, _, _)| m.metadata().name != found.name);
+                        models.push((
+                            Arc::new(model),
+                            settings,
+                            DEFAULT_PLACEMENT_HEAVY,
+                            found.version.to_string(),
+                        ));
+                    }
+                    Err(why) => {
+                        tracing::error!(model = %found.name, reason = %why, "model not loaded");
+                    }
+                }
+            }
         }
+        for name in config.models.keys() {
+            if !models.iter().any(|(m, ..)| &m.metadata().name == name) {
+                tracing::warn!(model = %name, "[models.{name}] names no model this server serves");
+            }
+        }
+        let entries = models
+            .into_iter()
+            .enumerate()
+            .map(
+                |(index, (model, settings, placement, version))| ModelEntry {
+                    index,
+                    version,
+                    serving: Serving::new(model.as_ref(), &settings, placement),
+                    model,
+                },
+            )
+            .collect();
+        Ok(ModelRegistry { entries })
+    }
+
+    /// The built-in models, each with its settings, placement and version.
+    fn builtin_models(config: &Config) -> Vec<(Arc<dyn Model>, ModelSettings, Placement, String)> {
         let identity = config.model("identity");
         let simple = config.model("simple");
         let synthetic = config.model("synthetic");
@@ -187,17 +246,10 @@ impl ModelRegistry {
                 DEFAULT_PLACEMENT_HEAVY,
             ),
         ];
-        let entries = models
+        models
             .into_iter()
-            .enumerate()
-            .map(|(index, (model, settings, placement))| ModelEntry {
-                index,
-                version: BUILTIN_VERSION.to_string(),
-                serving: Serving::new(model.as_ref(), &settings, placement),
-                model,
-            })
-            .collect();
-        Ok(ModelRegistry { entries })
+            .map(|(m, s, p)| (m, s, p, BUILTIN_VERSION.to_string()))
+            .collect()
     }
 
     /// Every served model version, in registry order.

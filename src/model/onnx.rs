@@ -1,0 +1,332 @@
+//! ONNX models on rten, in pure Rust.
+//!
+//! A model is loaded once per process and shared read-only by every shard and worker (its
+//! weights live in the one `rten::Model`); each calling thread keeps its own scratch. rten runs
+//! a model on a rayon pool: every thread that calls a model gets a pool of one thread of its own,
+//! started from it, so it inherits that thread's CPU and scheduling class (a worker's pinned
+//! `SCHED_IDLE`, a shard's pinned CPU) and computes only while its caller waits. No pool sized
+//! to the machine competes with the shards.
+//!
+//! The KServe signature comes from the ONNX graph as declared (an `INT64` input is `INT64` to
+//! clients even though rten computes it in 32 bits): inputs, outputs, datatypes and dimensions,
+//! with a leading dimension that is dynamic on every input and output taken as the batch
+//! dimension, as Triton's ONNX auto-complete does.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use rten::{NodeId, RunOptions, ThreadPool, Value, ValueOrView};
+use rten_onnx::onnx::{DataType as OnnxType, ModelProto, ValueInfoProto};
+use rten_tensor::prelude::*;
+use rten_tensor::Tensor as RtenTensor;
+use smallvec::SmallVec;
+
+use super::{Model, ModelError, ModelMetadata, Outputs, TensorSpec};
+use crate::tensor::{DataType, Tensor};
+
+/// `max_batch_size` of a model whose every input and output has a dynamic leading dimension and
+/// whose configuration does not say otherwise (Triton's `default-max-batch-size`).
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 4;
+
+/// How a tensor's elements travel between the KServe datatype and rten's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Element {
+    F32,
+    I32,
+    I8,
+    U8,
+    /// Declared INT64, computed as i32 by rten.
+    I64,
+    /// Declared BOOL (one byte, 0 or 1), computed as i32 by rten.
+    Bool,
+}
+
+impl Element {
+    fn from_onnx(t: OnnxType) -> Option<(Element, DataType)> {
+        Some(match t {
+            OnnxType::FLOAT => (Element::F32, DataType::Fp32),
+            OnnxType::INT32 => (Element::I32, DataType::Int32),
+            OnnxType::INT8 => (Element::I8, DataType::Int8),
+            OnnxType::UINT8 => (Element::U8, DataType::Uint8),
+            OnnxType::INT64 => (Element::I64, DataType::Int64),
+            OnnxType::BOOL => (Element::Bool, DataType::Bool),
+            _ => return None,
+        })
+    }
+}
+
+/// One input or output: its node in rten's graph and how its elements convert.
+#[derive(Debug)]
+struct Port {
+    node: NodeId,
+    element: Element,
+}
+
+/// An ONNX model run by rten.
+pub struct OnnxModel {
+    model: rten::Model,
+    meta: ModelMetadata,
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel")
+            .field("name", &self.meta.name)
+            .finish()
+    }
+}
+
+thread_local! {
+    /// This thread's pool of one rten thread, started from it (see the module docs).
+    static POOL: Arc<ThreadPool> = Arc::new(ThreadPool::with_num_threads(1));
+}
+
+/// ONNX's name for an element type, for errors.
+fn onnx_type_name(t: OnnxType) -> String {
+    let name = match t {
+        OnnxType::UINT16 => "UINT16",
+        OnnxType::INT16 => "INT16",
+        OnnxType::STRING => "STRING",
+        OnnxType::FLOAT16 => "FLOAT16",
+        OnnxType::DOUBLE => "DOUBLE",
+        OnnxType::UINT32 => "UINT32",
+        OnnxType::UINT64 => "UINT64",
+        OnnxType::BFLOAT16 => "BFLOAT16",
+        _ => return format!("element type {}", t.0),
+    };
+    name.to_string()
+}
+
+/// A value's name, element type and dimensions as the graph declares them.
+fn signature(v: &ValueInfoProto, what: &str) -> Result<(String, OnnxType, Vec<i64>), String> {
+    let name = v.name.clone().unwrap_or_default();
+    let tensor = v
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| format!("{what} '{name}' is not a tensor"))?;
+    let elem = tensor
+        .elem_type
+        .ok_or_else(|| format!("{what} '{name}' declares no element type"))?;
+    let dims = tensor
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| d.dim_value.filter(|&v| v > 0).unwrap_or(-1))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((name, elem, dims))
+}
+
+impl OnnxModel {
+    /// Loads `path` (an ONNX file) as model `name`. `max_batch_size`: the configured one, if
+    /// any; otherwise [`DEFAULT_MAX_BATCH_SIZE`] for a model with a batch dimension, 0 without.
+    pub fn load(path: &Path, name: &str, max_batch_size: Option<usize>) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let proto = ModelProto::parse_buf(&bytes)
+            .map_err(|e| format!("{} is not a valid ONNX model: {e}", path.display()))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| format!("{} has no graph", path.display()))?;
+        // Old exporters list initializers among the inputs: those are weights, not inputs.
+        let weights: std::collections::HashSet<&str> = graph
+            .initializer
+            .iter()
+            .filter_map(|t| t.name.as_deref())
+            .collect();
+        let declared_inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|v| !weights.contains(v.name.as_deref().unwrap_or("")))
+            .map(|v| signature(v, "input"))
+            .collect::<Result<_, _>>()?;
+        let declared_outputs: Vec<_> = graph
+            .output
+            .iter()
+            .map(|v| signature(v, "output"))
+            .collect::<Result<_, _>>()?;
+        drop(proto);
+        let model = rten::Model::load(bytes)
+            .map_err(|e| format!("rten cannot load {}: {e}", path.display()))?;
+
+        let batchable = declared_inputs
+            .iter()
+            .chain(&declared_outputs)
+            .all(|(_, _, dims)| dims.first() == Some(&-1));
+        let max_batch_size = match max_batch_size {
+            Some(n) if n > 0 && !batchable => {
+                return Err(format!(
+                    "max_batch_size is {n}, but not every input and output of {} has a dynamic \
+                     first dimension to batch along; set max_batch_size = 0",
+                    path.display()
+                ))
+            }
+            Some(n) => n,
+            None if batchable => DEFAULT_MAX_BATCH_SIZE,
+            None => 0,
+        };
+        let port = |(name, elem, dims): &(String, OnnxType, Vec<i64>),
+                    id: Option<NodeId>,
+                    what: &str|
+         -> Result<(Port, TensorSpec), String> {
+            let (element, datatype) = Element::from_onnx(*elem).ok_or_else(|| {
+                format!(
+                    "{what} '{name}' is {}, which friday's rten backend does not serve \
+                     (FP32, INT32, INT64, INT8, UINT8 and BOOL are served)",
+                    onnx_type_name(*elem)
+                )
+            })?;
+            let node = id.ok_or_else(|| format!("rten found no {what} named '{name}'"))?;
+            let dims = if max_batch_size > 0 {
+                dims[1..].to_vec()
+            } else {
+                dims.clone()
+            };
+            Ok((
+                Port { node, element },
+                TensorSpec::new(name, datatype, &dims),
+            ))
+        };
+        let (mut inputs, mut input_specs) = (Vec::new(), Vec::new());
+        for d in &declared_inputs {
+            let (p, s) = port(d, model.find_node(&d.0), "input")?;
+            inputs.push(p);
+            input_specs.push(s);
+        }
+        let (mut outputs, mut output_specs) = (Vec::new(), Vec::new());
+        for d in &declared_outputs {
+            let (p, s) = port(d, model.find_node(&d.0), "output")?;
+            outputs.push(p);
+            output_specs.push(s);
+        }
+        Ok(OnnxModel {
+            model,
+            meta: ModelMetadata {
+                name: name.to_string(),
+                platform: "onnxruntime_onnx".to_string(),
+                backend: "onnxruntime".to_string(),
+                max_batch_size,
+                inputs: input_specs,
+                outputs: output_specs,
+            },
+            inputs,
+            outputs,
+        })
+    }
+}
+
+/// Reads little-endian elements of `N` bytes.
+fn elements<const N: usize, T>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("chunks_exact")))
+        .collect()
+}
+
+/// An rten value of `shape` holding `data`.
+fn value<T>(shape: &[usize], data: Vec<T>, name: &str) -> Result<Value, ModelError>
+where
+    Value: From<RtenTensor<T>>,
+{
+    RtenTensor::try_from_data(shape, data)
+        .map(Value::from)
+        .map_err(|e| ModelError(format!("input '{name}': {e}")))
+}
+
+fn to_value(t: &Tensor<'_>, element: Element, name: &str) -> Result<Value, ModelError> {
+    let shape: SmallVec<[usize; 4]> = t.shape.iter().copied().collect();
+    match element {
+        Element::F32 => value(&shape, elements(&t.data, f32::from_le_bytes), name),
+        Element::I32 => value(&shape, elements(&t.data, i32::from_le_bytes), name),
+        Element::I8 => value(&shape, elements(&t.data, i8::from_le_bytes), name),
+        Element::U8 => value(&shape, t.data.to_vec(), name),
+        Element::Bool => {
+            let ints = t.data.iter().map(|&b| i32::from(b != 0)).collect();
+            value(&shape, ints, name)
+        }
+        Element::I64 => {
+            let wide = elements(&t.data, i64::from_le_bytes);
+            let narrow: Result<Vec<i32>, _> = wide.iter().map(|&v| i32::try_from(v)).collect();
+            let narrow = narrow.map_err(|_| {
+                ModelError(format!(
+                    "input '{name}' holds an INT64 value outside the 32-bit range rten computes in"
+                ))
+            })?;
+            value(&shape, narrow, name)
+        }
+    }
+}
+
+/// Little-endian bytes of every element of `t`, each written by `f`.
+fn le_bytes<T: Copy, const N: usize>(t: &RtenTensor<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    t.to_vec().into_iter().flat_map(f).collect()
+}
+
+fn from_value(
+    v: Value,
+    element: Element,
+    datatype: DataType,
+    name: &str,
+) -> Result<Tensor<'static>, ModelError> {
+    let (shape, data): (Vec<usize>, Vec<u8>) = match (element, v) {
+        (Element::F32, Value::FloatTensor(t)) => {
+            (t.shape().to_vec(), le_bytes(&t, f32::to_le_bytes))
+        }
+        (Element::I32, Value::Int32Tensor(t)) => {
+            (t.shape().to_vec(), le_bytes(&t, i32::to_le_bytes))
+        }
+        (Element::I64, Value::Int32Tensor(t)) => (
+            t.shape().to_vec(),
+            le_bytes(&t, |v| i64::from(v).to_le_bytes()),
+        ),
+        (Element::Bool, Value::Int32Tensor(t)) => {
+            (t.shape().to_vec(), le_bytes(&t, |v| [u8::from(v != 0)]))
+        }
+        (Element::Bool | Element::U8, Value::UInt8Tensor(t)) => (t.shape().to_vec(), t.to_vec()),
+        (Element::I8, Value::Int8Tensor(t)) => (t.shape().to_vec(), le_bytes(&t, i8::to_le_bytes)),
+        _ => {
+            return Err(ModelError(format!(
+                "output '{name}' came out of rten with an element type other than its declared {}",
+                datatype.name()
+            )))
+        }
+    };
+    Ok(Tensor {
+        datatype,
+        shape: shape.into_iter().collect(),
+        data: Cow::Owned(data),
+    })
+}
+
+impl Model for OnnxModel {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError> {
+        let mut values: Vec<(NodeId, ValueOrView)> = Vec::with_capacity(inputs.len());
+        for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {
+            values.push((port.node, to_value(t, port.element, &spec.name)?.into()));
+        }
+        let ids: SmallVec<[NodeId; 4]> = self.outputs.iter().map(|p| p.node).collect();
+        let pool = POOL.with(Arc::clone);
+        let opts = RunOptions::default().with_thread_pool(Some(pool));
+        let results = self
+            .model
+            .run(values, &ids, Some(opts))
+            .map_err(|e| ModelError(format!("rten: {e}")))?;
+        results
+            .into_iter()
+            .zip(&self.outputs)
+            .zip(&self.meta.outputs)
+            .map(|((v, port), spec)| from_value(v, port.element, spec.datatype, &spec.name))
+            .collect()
+    }
+}

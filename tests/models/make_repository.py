@@ -1,0 +1,102 @@
+"""Writes a small Triton-layout model repository of ONNX models for friday's tests, with the
+parameters the references are computed from (numpy, independently of any ONNX runtime).
+
+Usage: python3 make_repository.py DIR
+  DIR/repository/...   the model repository
+  DIR/params.npz       the weights, for the references
+
+Models:
+  linear       y = relu(x @ W + b), x FP32 [batch, 4] -> y FP32 [batch, 3]; versions 1 and 2
+               (2 has another bias; Triton's default policy serves only the newest)
+  addsub       INT64 a, b [batch, 8] -> sum = a + b, diff = a - b (INT64, computed in 32 bits)
+  fixed        x FP32 [2, 2] -> y = 2 x, no batch dimension
+  broken       a model file that is not ONNX
+  unsupported  an operator no runtime has
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def save(model, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def linear(w, b):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["pre"]),
+            helper.make_node("Relu", ["pre"], ["y"]),
+        ],
+        "linear",
+        [x],
+        [y],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def addsub():
+    a = helper.make_tensor_value_info("a", TensorProto.INT64, ["batch", 8])
+    b = helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 8])
+    s = helper.make_tensor_value_info("sum", TensorProto.INT64, ["batch", 8])
+    d = helper.make_tensor_value_info("diff", TensorProto.INT64, ["batch", 8])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Sub", ["a", "b"], ["diff"])],
+        "addsub",
+        [a, b],
+        [s, d],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def fixed():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "fixed", [x], [y], initializer=[two])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def unsupported():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    node = helper.make_node("NoSuchOperator", ["x"], ["y"], domain="org.friday.test")
+    graph = helper.make_graph([node], "unsupported", [x], [y])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("org.friday.test", 1)]
+    )
+
+
+def main():
+    out = sys.argv[1]
+    repo = os.path.join(out, "repository")
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b1 = rng.standard_normal(3).astype(np.float32)
+    b2 = (b1 + 1.0).astype(np.float32)
+    save(linear(w, b1), os.path.join(repo, "linear", "1", "model.onnx"))
+    save(linear(w, b2), os.path.join(repo, "linear", "2", "model.onnx"))
+    save(addsub(), os.path.join(repo, "addsub", "1", "model.onnx"))
+    save(fixed(), os.path.join(repo, "fixed", "1", "model.onnx"))
+    os.makedirs(os.path.join(repo, "broken", "1"), exist_ok=True)
+    with open(os.path.join(repo, "broken", "1", "model.onnx"), "wb") as f:
+        f.write(b"this is not an ONNX model")
+    model = unsupported()
+    path = os.path.join(repo, "unsupported", "1", "model.onnx")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    onnx.save(model, path)  # the checker rightly refuses an unknown domain's operator
+    np.savez(os.path.join(out, "params.npz"), w=w, b=b2)
+    print(f"wrote {repo}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+//! A Triton-layout model repository of ONNX models, served on rten: a repository written by
+//! `tests/models/make_repository.py` (Python's `onnx` package), checked through NVIDIA's
+//! tritonclient against numpy references by `tests/conformance/repository_conformance.py`, with 1
+//! and 2 shards. Models that cannot load (a file that is not ONNX, an operator nobody has) are
+//! logged with the reason and not served, while the others are.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn make_repository(tag: &str) -> PathBuf {
+    ensure_python("onnx, numpy", &["onnx", "numpy"]);
+    let out = std::env::temp_dir().join(format!("friday-models-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/models/make_repository.py"
+    );
+    let made = Command::new("python3")
+        .arg(script)
+        .arg(&out)
+        .output()
+        .expect("run make_repository.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    out
+}
+
+fn not_loaded(logs: &[Value], model: &str) -> Option<String> {
+    logs.iter()
+        .find(|l| l["message"] == "model not loaded" && l["model"] == model)
+        .map(|l| l["reason"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_triton_repository_of_onnx_models_serves_through_tritonclient() {
+    ensure_python("tritonclient.http, numpy", &["tritonclient[http]", "numpy"]);
+    let out = make_repository("conformance");
+    let repo = out.join("repository");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/repository_conformance.py"
+    );
+    for shards in [1, 2] {
+        let s = Server::start_with(shards, &["--model-repository", repo.to_str().unwrap()]);
+        let logs = s.startup_logs();
+        let broken = not_loaded(logs, "broken").expect("the broken model is reported");
+        assert!(broken.contains("not a valid ONNX model"), "{broken}");
+        let unsupported = not_loaded(logs, "unsupported").expect("the unsupported one too");
+        assert!(unsupported.contains("NoSuchOperator"), "{unsupported}");
+        let run = Command::new("python3")
+            .arg(script)
+            .arg(s.addr.to_string())
+            .arg(&out)
+            .output()
+            .expect("run the conformance script");
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        println!("{stdout}");
+        assert!(
+            run.status.success(),
+            "repository conformance failed with {shards} shard(s):\n{stdout}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout.contains("all checks passed"));
+    }
+}
+
+#[test]
+fn a_repository_model_takes_its_settings_from_the_config_file() {
+    let out = make_repository("settings");
+    let cfg = config_file(
+        "repository-settings",
+        "[models.linear]\nmax_batch_size = 16\nplacement = \"inline\"\n\
+         [models.linear.dynamic_batching]\nmax_queue_delay_microseconds = 100\n",
+    );
+    let repo = out.join("repository");
+    let s = Server::start_with(
+        1,
+        &[
+            "--model-repository",
+            repo.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let config = s.client().get("/v2/models/linear/config").json();
+    assert_eq!(config["max_batch_size"], 16, "{config}");
+    assert_eq!(
+        config["dynamic_batching"]["max_queue_delay_microseconds"], 100,
+        "{config}"
+    );
+    // A batch of 16 rows is taken, 17 refused with the limit named.
+    let rows = |n: usize| {
+        serde_json::json!({"inputs":[{"name":"x","datatype":"FP32","shape":[n, 4],
+            "data": vec![0.5f32; n * 4]}]})
+    };
+    let mut c = s.client();
+    let r = c.post_json("/v2/models/linear/infer", &rows(16));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["outputs"][0]["shape"], serde_json::json!([16, 3]));
+    let r = c.post_json("/v2/models/linear/infer", &rows(17));
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("16"), "{}", r.error());
+}
+
+#[test]
+fn a_repository_that_is_not_there_stops_the_start_with_the_reason() {
+    let missing = Path::new("/definitely/not/a/repository");
+    let out = Command::new(env!("CARGO_BIN_EXE_friday"))
+        .args(["serve", "--model-repository", missing.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/definitely/not/a/repository"), "{err}");
+}
