@@ -46,7 +46,8 @@ pub struct ServeArgs {
     /// CPUs to run one shard each on, e.g. 0,2-3 [default: every CPU in the affinity mask]
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
-    /// Model repository directory [default: none, the built-in models identity and simple]
+    /// A Triton-layout repository of ONNX models to serve beside the built-in ones
+    /// [default: none, the built-in models only]
     #[arg(long, value_name = "DIR")]
     pub model_repository: Option<PathBuf>,
     /// I/O engine: io_uring where the host allows it, else epoll (auto), or one of them

@@ -13,6 +13,10 @@ use common::*;
 use serde_json::Value;
 
 fn make_repository(tag: &str) -> PathBuf {
+    make_repository_with(tag, &[])
+}
+
+fn make_repository_with(tag: &str, args: &[&str]) -> PathBuf {
     ensure_python("onnx, numpy", &["onnx", "numpy"]);
     let out = std::env::temp_dir().join(format!("friday-models-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
@@ -23,6 +27,7 @@ fn make_repository(tag: &str) -> PathBuf {
     let made = Command::new("python3")
         .arg(script)
         .arg(&out)
+        .args(args)
         .output()
         .expect("run make_repository.py");
     assert!(
@@ -120,4 +125,65 @@ fn a_repository_that_is_not_there_stops_the_start_with_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/definitely/not/a/repository"), "{err}");
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Resident memory of a server with `shards` shards serving `wide` once every shard has run it
+/// (requests on many connections reach every shard).
+fn rss_serving_wide(repo: &Path, shards: usize) -> f64 {
+    let cfg = config_file(
+        &format!("wide-{shards}"),
+        "[models.wide]\nplacement = \"inline\"\n",
+    );
+    let s = Server::start_with(
+        shards,
+        &[
+            "--model-repository",
+            repo.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let body = serde_json::json!({"inputs":[{"name":"x","datatype":"FP32","shape":[1, 2048],
+        "data": vec![0.25f32; 2048]}]});
+    for _ in 0..16 {
+        let r = s.client().post_json("/v2/models/wide/infer", &body);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["outputs"][0]["shape"],
+            serde_json::json!([1, 4096])
+        );
+    }
+    let stats = s.client().get("/metrics");
+    assert_eq!(stats.status, 200);
+    rss_mib(s.pid())
+}
+
+#[test]
+fn shards_share_one_copy_of_a_models_weights() {
+    if available_cpus() < 2 {
+        println!("skipped: needs 2 CPUs to run 2 shards");
+        return;
+    }
+    let out = make_repository_with("wide", &["--wide"]);
+    let repo = out.join("repository");
+    let one = rss_serving_wide(&repo, 1);
+    let two = rss_serving_wide(&repo, 2);
+    println!(
+        "resident memory serving 32 MiB of weights: {one:.0} MiB with 1 shard, {two:.0} MiB with 2"
+    );
+    // A second copy of the weights would add 32 MiB; a shard's own buffers and scratch, a few.
+    assert!(
+        two - one < 16.0,
+        "2 shards hold {two:.0} MiB against {one:.0} MiB for 1: the weights were copied"
+    );
 }

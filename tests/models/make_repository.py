@@ -1,7 +1,7 @@
 """Writes a small Triton-layout model repository of ONNX models for friday's tests, with the
 parameters the references are computed from (numpy, independently of any ONNX runtime).
 
-Usage: python3 make_repository.py DIR
+Usage: python3 make_repository.py DIR [--wide]
   DIR/repository/...   the model repository
   DIR/params.npz       the weights, for the references
 
@@ -12,6 +12,8 @@ Models:
   fixed        x FP32 [2, 2] -> y = 2 x, no batch dimension
   broken       a model file that is not ONNX
   unsupported  an operator no runtime has
+  wide         y = x @ W, x FP32 [batch, 2048], W [2048, 4096]: 32 MiB of weights, for memory
+               (written only with --wide)
 """
 import os
 import sys
@@ -76,6 +78,15 @@ def unsupported():
     )
 
 
+def wide(w):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", w.shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", w.shape[1]])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "wide", [x], [y], initializer=[numpy_helper.from_array(w, "W")]
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def main():
     out = sys.argv[1]
     repo = os.path.join(out, "repository")
@@ -94,6 +105,9 @@ def main():
     path = os.path.join(repo, "unsupported", "1", "model.onnx")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     onnx.save(model, path)  # the checker rightly refuses an unknown domain's operator
+    if "--wide" in sys.argv[2:]:
+        big = rng.standard_normal((2048, 4096)).astype(np.float32)
+        save(wide(big), os.path.join(repo, "wide", "1", "model.onnx"))
     np.savez(os.path.join(out, "params.npz"), w=w, b=b2)
     print(f"wrote {repo}")
 
