@@ -314,6 +314,16 @@ impl ShardService {
                             req.inference_header,
                             &mut |n| req.buffers.take(n),
                         )
+                        .and_then(|request| {
+                            // Per request, before batching: one bad request never fails a batch.
+                            entry.model.check_request(&request.inputs).map_err(|e| {
+                                ApiError::invalid(format!(
+                                    "model '{}': {e}",
+                                    entry.model.metadata().name
+                                ))
+                            })?;
+                            Ok(request)
+                        })
                         .map(|request| InferJob {
                             model: entry.index,
                             level: entry.serving.level(request.priority),

@@ -84,6 +84,13 @@ pub trait Model: Send + Sync + 'static {
     /// batched models, one shared batch size in `1..=max_batch_size`). Outputs may borrow from the
     /// inputs.
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError>;
+
+    /// Checks one request's inputs beyond what the metadata says (a range of values the backend
+    /// computes in, say). An error is the client's (400); the message names the input. Called
+    /// per request before batching, so that one bad request never fails a batch.
+    fn check_request(&self, _inputs: &[Tensor<'_>]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Reads a little-endian `i32` tensor (the data may be unaligned: it can sit anywhere in a read

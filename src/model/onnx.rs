@@ -310,6 +310,26 @@ impl Model for OnnxModel {
         &self.meta
     }
 
+    fn check_request(&self, inputs: &[Tensor<'_>]) -> Result<(), String> {
+        for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {
+            if port.element == Element::I64 {
+                let outside = t
+                    .data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("chunks_exact")))
+                    .find(|&v| i32::try_from(v).is_err());
+                if let Some(v) = outside {
+                    return Err(format!(
+                        "input '{}' holds {v}, outside the 32-bit range this model is computed \
+                         in (rten computes INT64 as INT32)",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError> {
         let mut values: Vec<(NodeId, ValueOrView)> = Vec::with_capacity(inputs.len());
         for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {

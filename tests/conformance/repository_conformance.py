@@ -94,6 +94,15 @@ def main():
     except InferenceServerException as e:
         check("x" in str(e) and "4" in str(e), f"a wrong shape raises a clear error ({e})")
     try:
+        big = np.full((1, 8), 2**40, dtype=np.int64)
+        inputs = [httpclient.InferInput("a", [1, 8], "INT64"), httpclient.InferInput("b", [1, 8], "INT64")]
+        inputs[0].set_data_from_numpy(big)
+        inputs[1].set_data_from_numpy(big)
+        client.infer("addsub", inputs)
+        check(False, "an INT64 outside 32 bits raises")
+    except InferenceServerException as e:
+        check("[400]" in str(e) and "'a'" in str(e), f"an INT64 outside 32 bits is a 400 naming the input ({e})")
+    try:
         inp = httpclient.InferInput("x", [1, 4], "FP32")
         inp.set_data_from_numpy(np.ones((1, 4), np.float32))
         client.infer("broken", [inp])
