@@ -16,26 +16,6 @@ use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
 
-/// A binary identity request for `data` (FP32 bytes) asking for a binary output, or a JSON one.
-fn identity_request(data: &[u8], binary_out: bool) -> Vec<u8> {
-    let n = data.len() / 4;
-    let header = json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1, n],
-        "parameters":{"binary_data_size": n * 4}}],
-        "outputs":[{"name":"OUTPUT0","parameters":{"binary_data": binary_out}}]})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(data);
-    request_bytes(
-        "POST",
-        "/v2/models/identity/infer",
-        &[
-            ("Content-Type", "application/octet-stream"),
-            ("Inference-Header-Content-Length", &header.len().to_string()),
-        ],
-        &body,
-    )
-}
-
 /// `n` FP32 values that differ from one another, as bytes.
 fn pattern(n: usize) -> Vec<u8> {
     f32_bytes(
@@ -70,9 +50,9 @@ fn a_large_binary_answer_arrives_whole_and_before_the_next_pipelined_one() {
         let big = pattern(6 * MIB / 4);
         let small = pattern(3);
         // Three requests in one write: a large one, a small one, and a large one again.
-        let mut bytes = identity_request(&big, true);
-        bytes.extend(identity_request(&small, true));
-        bytes.extend(identity_request(&big[..4 * MIB], true));
+        let mut bytes = identity_binary_request(&big, true);
+        bytes.extend(identity_binary_request(&small, true));
+        bytes.extend(identity_binary_request(&big[..4 * MIB], true));
         let mut c = s.client();
         c.send(&bytes);
         let first = c.read_response();
@@ -101,7 +81,8 @@ fn a_client_reading_a_large_answer_slowly_holds_up_no_one_else() {
     let mut slow = TcpStream::connect(s.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    slow.write_all(&identity_request(&big, true)).unwrap();
+    slow.write_all(&identity_binary_request(&big, true))
+        .unwrap();
     // Take the first bytes of the answer, then stop reading for a while: the rest waits on the
     // shard, sent as the client makes room.
     let mut got = vec![0u8; 64 << 10];
@@ -171,8 +152,8 @@ fn a_large_json_answer_is_written_in_slices_and_equals_the_whole() {
         let big = pattern(n);
         let want: Vec<f32> = (0..n).map(|i| (i % 65_521) as f32 - 0.5).collect();
         // A large JSON answer, then a small one pipelined behind it.
-        let mut bytes = identity_request(&big, false);
-        bytes.extend(identity_request(&pattern(2), false));
+        let mut bytes = identity_binary_request(&big, false);
+        bytes.extend(identity_binary_request(&pattern(2), false));
         let mut c = s.client();
         c.send(&bytes);
         let first = c.read_response();
@@ -196,7 +177,7 @@ fn a_large_json_answer_is_written_in_slices_and_equals_the_whole() {
         assert_eq!(json_data(&second), [-0.5, 0.5]);
         // HTTP/1.0 has no chunked coding: the whole body, with its length, and then the close.
         let mut old = s.client();
-        let mut request = identity_request(&big, false);
+        let mut request = identity_binary_request(&big, false);
         let line_end = request.windows(2).position(|w| w == b"\r\n").unwrap();
         request.splice(line_end - 3..line_end, *b"1.0");
         old.send(&request);

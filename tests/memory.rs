@@ -10,38 +10,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 
 const MIB: usize = 1 << 20;
 
 /// A binary identity request of `bytes` bytes of FP32 that asks for a binary output.
 fn identity_request(bytes: usize) -> Vec<u8> {
-    let n = bytes / 4;
-    let header = json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1, n],
-        "parameters":{"binary_data_size": n * 4}}],
-        "outputs":[{"name":"OUTPUT0","parameters":{"binary_data":true}}]})
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.resize(header.len() + n * 4, 0x3f);
-    request_bytes(
-        "POST",
-        "/v2/models/identity/infer",
-        &[
-            ("Content-Type", "application/octet-stream"),
-            ("Inference-Header-Content-Length", &header.len().to_string()),
-        ],
-        &body,
-    )
-}
-
-fn rss_mib(pid: u32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024
+    identity_binary_request(&vec![0x3f; bytes / 4 * 4], true)
 }
 
 /// Reads a response head and returns its status, or None if the connection closed first.
@@ -109,7 +83,7 @@ fn slow_readers_cannot_take_a_shard_past_its_buffer_budget() {
         // What the slow readers pin stays within the budgets (plus the server's own ~20 MiB and
         // the tensor buffers of the requests in flight); twelve such clients a shard would pin
         // about 200 MiB each.
-        let rss = rss_mib(s.pid(), "VmRSS:");
+        let rss = proc_status_mib(s.pid(), "VmRSS:") as usize;
         assert!(
             rss < 48 * shards + 120,
             "{rss} MiB resident with a {} MiB budget",

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{config_file, Server};
+use common::{config_file, proc_status_mib, Server};
 use serde_json::Value;
 
 /// The tests measure throughput: one at a time.
@@ -78,16 +78,6 @@ fn probe(
         }
         took
     })
-}
-
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024
 }
 
 fn overload(placement: &str) {
@@ -151,8 +141,8 @@ fn overload(placement: &str) {
             "{placement} {name}: readiness p99 {p99:?} during the storm"
         );
     }
-    let rss = peak_rss_mib(s.pid());
-    assert!(rss < 256, "{placement}: peak RSS {rss} MiB");
+    let rss = proc_status_mib(s.pid(), "VmHWM:");
+    assert!(rss < 256.0, "{placement}: peak RSS {rss:.0} MiB");
 }
 
 #[test]

@@ -127,16 +127,6 @@ fn a_repository_that_is_not_there_stops_the_start_with_the_reason() {
     assert!(err.contains("/definitely/not/a/repository"), "{err}");
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// Resident memory of a server with `shards` shards serving `wide` once every shard has run it
 /// (requests on many connections reach every shard).
 fn rss_serving_wide(repo: &Path, shards: usize) -> f64 {
@@ -165,7 +155,7 @@ fn rss_serving_wide(repo: &Path, shards: usize) -> f64 {
     }
     let stats = s.client().get("/metrics");
     assert_eq!(stats.status, 200);
-    rss_mib(s.pid())
+    proc_status_mib(s.pid(), "VmRSS:")
 }
 
 #[test]

@@ -507,3 +507,36 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
         .value
 }
+
+/// A binary identity request carrying `data` (FP32 bytes), asking for its output as binary
+/// tensor data or as JSON.
+pub fn identity_binary_request(data: &[u8], binary_out: bool) -> Vec<u8> {
+    let n = data.len() / 4;
+    let header = serde_json::json!({"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1, n],
+        "parameters":{"binary_data_size": n * 4}}],
+        "outputs":[{"name":"OUTPUT0","parameters":{"binary_data": binary_out}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(data);
+    request_bytes(
+        "POST",
+        "/v2/models/identity/infer",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Inference-Header-Content-Length", &header.len().to_string()),
+        ],
+        &body,
+    )
+}
+
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`field` such as `"VmRSS:"` or
+/// `"VmHWM:"`), in MiB.
+pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb / 1024.0
+}
