@@ -100,20 +100,15 @@ fn a_client_reading_a_large_answer_slowly_holds_up_no_one_else() {
     let mut rest = Vec::new();
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let json_len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("inference-header-content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let number = |name: &str| -> usize {
+        let prefix = format!("{name}: ");
+        let value = head.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        value.unwrap().trim().parse().unwrap()
+    };
+    let (len, json_len) = (
+        number("content-length"),
+        number("inference-header-content-length"),
+    );
     rest.extend_from_slice(&got[head_end..]);
     while rest.len() < len {
         let mut buf = vec![0u8; 1 << 20];
