@@ -42,6 +42,7 @@ fn main() {
     http.extend_from_slice(&binary_body);
 
     let limits = Limits {
+        api_key_header: None,
         max_header_bytes: 16 << 10,
         max_body_bytes: 64 << 20,
     };

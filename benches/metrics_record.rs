@@ -34,7 +34,7 @@ fn main() {
         cell.set(cell.get().wrapping_add(black_box(duration_ns(i))))
     });
     let metrics = ShardMetrics::new(&registry);
-    let m = metrics.model(0);
+    let m = metrics.model(0).unwrap();
     support::measure("HDR histogram record (request duration)", SAMPLES, |i| {
         m.request_nanos(black_box(duration_ns(i)))
     });

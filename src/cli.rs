@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, EngineChoice, LogFormat};
+use crate::config::{Config, EngineChoice, LogFormat, ModelControlMode};
 
 /// friday: a thread-per-core KServe v2 inference server.
 #[derive(Debug, Parser)]
@@ -50,6 +50,22 @@ pub struct ServeArgs {
     /// [default: none, the built-in models only]
     #[arg(long, value_name = "DIR")]
     pub model_repository: Option<PathBuf>,
+    /// How models are loaded and unloaded at run time, as Triton's: none (every repository model
+    /// at start), poll (and rescan the repository), explicit (only --load-model at start; the
+    /// repository API loads and unloads) [default: none]
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub model_control_mode: Option<ModelControlMode>,
+    /// In explicit mode, a model to load at start (repeatable; * loads every model)
+    /// [default: none]
+    #[arg(long = "load-model", value_name = "NAME")]
+    pub load_model: Vec<String>,
+    /// In poll mode, seconds between two scans of the repository [default: 15]
+    #[arg(long, value_name = "SECS")]
+    pub repository_poll_secs: Option<u64>,
+    /// Restrict the model repository API to requests carrying this header and value, as
+    /// Triton's: model-repository:HEADER=VALUE [default: unrestricted]
+    #[arg(long, value_name = "SPEC")]
+    pub http_restricted_api: Option<String>,
     /// I/O engine: io_uring where the host allows it, else epoll (auto), or one of them
     /// [default: auto]
     #[arg(long, value_name = "ENGINE", value_enum, env = "FRIDAY_ENGINE")]
@@ -86,6 +102,24 @@ impl ServeArgs {
         }
         if let Some(r) = &self.model_repository {
             config.model_repository = Some(r.clone());
+        }
+        if let Some(m) = self.model_control_mode {
+            config.model_control.mode = m;
+        }
+        if !self.load_model.is_empty() {
+            config.model_control.load = self.load_model.clone();
+        }
+        if let Some(s) = self.repository_poll_secs {
+            config.model_control.poll_secs = s;
+        }
+        if let Some(spec) = &self.http_restricted_api {
+            let rest = spec.strip_prefix("model-repository:").ok_or_else(|| {
+                format!(
+                    "--http-restricted-api {spec}: friday restricts the model-repository API \
+                     only; write model-repository:HEADER=VALUE"
+                )
+            })?;
+            config.model_control.restricted_api = Some(rest.to_string());
         }
         if let Some(e) = self.engine {
             config.engine = e;
@@ -157,6 +191,13 @@ mod tests {
             "{help}"
         );
         assert!(help.contains("--check-config"));
+        assert!(
+            help.contains(&format!(
+                "[default: {}]",
+                crate::config::DEFAULT_REPOSITORY_POLL_SECS
+            )),
+            "{help}"
+        );
     }
 
     #[test]

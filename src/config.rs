@@ -130,6 +130,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Graceful drain on SIGTERM / SIGINT.
     pub drain: DrainConfig,
+    /// How the model repository is managed at run time (Triton's `--model-control-mode`).
+    pub model_control: ModelControlConfig,
     /// Per-model serving settings (`[models.<name>]`), with Triton's names.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -169,12 +171,61 @@ pub struct ModelSettings {
     /// Triton's dynamic batcher settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_batching: Option<DynamicBatching>,
+    /// Which versions of a repository model serve (Triton's `version_policy`; default: the
+    /// newest one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_policy: Option<VersionPolicy>,
     /// `synthetic` only: microseconds of CPU each batch costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_batch_us: Option<u64>,
     /// `synthetic` only: microseconds of CPU each item in a batch adds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_item_us: Option<u64>,
+}
+
+/// Triton's `version_policy`, by the same names: `{ latest = { num_versions = 2 } }`,
+/// `{ all = {} }` or `{ specific = { versions = [1, 3] } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The newest `num_versions` versions.
+    Latest {
+        /// How many.
+        num_versions: u32,
+    },
+    /// Every version.
+    All {},
+    /// These versions.
+    Specific {
+        /// The version numbers.
+        versions: Vec<u64>,
+    },
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest { num_versions: 1 }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions of `available` (any order) this policy serves, oldest first.
+    pub fn choose(&self, available: &[u64]) -> Vec<u64> {
+        let mut v = available.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        match self {
+            VersionPolicy::Latest { num_versions } => {
+                let keep = (*num_versions as usize).max(1);
+                v.split_off(v.len().saturating_sub(keep))
+            }
+            VersionPolicy::All {} => v,
+            VersionPolicy::Specific { versions } => {
+                v.retain(|x| versions.contains(x));
+                v
+            }
+        }
+    }
 }
 
 /// `[models.<name>.dynamic_batching]`, Triton's `dynamic_batching { … }` by the same names.
@@ -326,6 +377,72 @@ impl Default for LogConfig {
     }
 }
 
+/// How models are loaded and unloaded at run time, as Triton's `--model-control-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelControlMode {
+    /// Every repository model is loaded at start; the repository API may only read the index.
+    #[default]
+    None,
+    /// As `none`, and the repository is rescanned every `poll_secs`: new models and versions
+    /// load, changed ones reload, removed ones unload.
+    Poll,
+    /// Only `load` models are loaded at start; the repository API loads and unloads.
+    Explicit,
+}
+
+impl fmt::Display for ModelControlMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelControlMode::None => "none",
+            ModelControlMode::Poll => "poll",
+            ModelControlMode::Explicit => "explicit",
+        })
+    }
+}
+
+/// `[model_control]`: Triton's `--model-control-mode`, `--load-model` and
+/// `--repository-poll-secs`, and `--http-restricted-api` for the repository API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelControlConfig {
+    /// `none`, `poll` or `explicit`.
+    pub mode: ModelControlMode,
+    /// In explicit mode, the models loaded at start (`*`: every model in the repository).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<String>,
+    /// In poll mode, seconds between two scans of the repository.
+    pub poll_secs: u64,
+    /// When set, the repository API (index, load, unload) answers only requests that carry
+    /// this header with this value, as Triton's `--http-restricted-api
+    /// model-repository:HEADER=VALUE`; others get 403. Written `HEADER=VALUE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restricted_api: Option<String>,
+}
+
+impl Default for ModelControlConfig {
+    fn default() -> Self {
+        ModelControlConfig {
+            mode: ModelControlMode::None,
+            load: Vec::new(),
+            poll_secs: DEFAULT_REPOSITORY_POLL_SECS,
+            restricted_api: None,
+        }
+    }
+}
+
+impl ModelControlConfig {
+    /// The restricted API's header name (lowercase) and value.
+    pub fn restriction(&self) -> Option<(String, String)> {
+        let r = self.restricted_api.as_deref()?;
+        let (h, v) = r.split_once('=')?;
+        Some((h.trim().to_ascii_lowercase(), v.trim().to_string()))
+    }
+}
+
+/// Default `model_control.poll_secs`, Triton's `--repository-poll-secs` default.
+pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+
 /// `[drain]`: graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -474,6 +591,41 @@ impl Config {
                 ));
             }
         }
+        if self.model_control.poll_secs == 0 {
+            return Err(invalid(
+                "model_control.poll_secs",
+                "must be at least 1 second",
+            ));
+        }
+        if self.model_control.mode != ModelControlMode::None && self.model_repository.is_none() {
+            return Err(invalid(
+                "model_control.mode",
+                format!(
+                    "`{}` manages a model repository: set model_repository (--model-repository)",
+                    self.model_control.mode
+                ),
+            ));
+        }
+        if !self.model_control.load.is_empty()
+            && self.model_control.mode != ModelControlMode::Explicit
+        {
+            return Err(invalid(
+                "model_control.load",
+                "names models to load at start in explicit mode only (in none and poll modes \
+                 every repository model loads)",
+            ));
+        }
+        if let Some(r) = &self.model_control.restricted_api {
+            let ok = r
+                .split_once('=')
+                .is_some_and(|(h, v)| is_header_name(h.trim()) && !v.trim().is_empty());
+            if !ok {
+                return Err(invalid(
+                    "model_control.restricted_api",
+                    format!("`{r}` is not HEADER=VALUE (e.g. admin-key=secret)"),
+                ));
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty: use e.g. info"));
         }
@@ -505,6 +657,13 @@ impl Config {
         toml::to_string_pretty(self)
             .expect("the config tree serializes: it holds only plain values")
     }
+}
+
+/// Whether `h` can be an HTTP header name (an RFC 9110 token).
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Checks `[models.<name>]`. Without a model repository only the built-in models exist; with

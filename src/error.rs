@@ -19,6 +19,8 @@ pub enum ErrorKind {
     NotFound,
     /// Known path, wrong HTTP method.
     MethodNotAllowed,
+    /// A restricted API without the key it is restricted to (Triton's `--http-restricted-api`).
+    Forbidden,
     /// The body is larger than `http.max_body_bytes`.
     PayloadTooLarge,
     /// The request head is larger than `http.max_header_bytes` or has too many headers.
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Forbidden => 403,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeaderTooLarge => 431,
             ErrorKind::Overloaded => 429,
@@ -160,6 +163,7 @@ mod tests {
     fn statuses_follow_triton() {
         assert_eq!(ApiError::invalid("x").status(), 400);
         assert_eq!(ApiError::not_found("x").status(), 404);
+        assert_eq!(ErrorKind::Forbidden.status(), 403);
         assert_eq!(ApiError::unavailable("x").status(), 503);
         assert_eq!(ApiError::internal("x").status(), 500);
         assert_eq!(ErrorKind::Overloaded.status(), 429);

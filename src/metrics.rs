@@ -139,33 +139,51 @@ impl ModelMetrics {
     }
 }
 
-/// One shard's metrics, one entry per registry model. `!Sync`: only its shard touches it.
+/// One shard's metrics, one entry per model slot the shard holds (indexed by slot id).
+/// `!Sync`: only its shard touches it.
 pub struct ShardMetrics {
-    models: Vec<ModelMetrics>,
+    models: Vec<Option<ModelMetrics>>,
 }
 
 impl ShardMetrics {
     /// Empty metrics for every model in `registry`.
     pub fn new(registry: &ModelRegistry) -> Self {
-        ShardMetrics {
-            models: registry
-                .entries()
-                .iter()
-                .map(|_| ModelMetrics::new())
-                .collect(),
+        let mut m = ShardMetrics { models: Vec::new() };
+        for e in registry.entries() {
+            m.add(e.index);
+        }
+        m
+    }
+
+    /// Empty metrics for slot `index`, unless it has them.
+    pub fn add(&mut self, index: usize) {
+        if self.models.len() <= index {
+            self.models.resize_with(index + 1, || None);
+        }
+        self.models[index].get_or_insert_with(ModelMetrics::new);
+    }
+
+    /// Forgets slot `index` (its model version is gone and answered its last request).
+    pub fn remove(&mut self, index: usize) {
+        if let Some(m) = self.models.get_mut(index) {
+            *m = None;
         }
     }
 
-    /// Model `index`'s metrics.
-    pub fn model(&self, index: usize) -> &ModelMetrics {
-        &self.models[index]
+    /// Slot `index`'s metrics, while the shard holds it.
+    pub fn model(&self, index: usize) -> Option<&ModelMetrics> {
+        self.models.get(index).and_then(Option::as_ref)
     }
 
     /// A copy of every model's metrics; the runtime adds the shard's gauges.
     pub fn snapshot(&self, shard: usize) -> ShardMetricsSnapshot {
         ShardMetricsSnapshot {
             shard,
-            models: self.models.iter().map(ModelMetrics::snapshot).collect(),
+            models: self
+                .models
+                .iter()
+                .map(|m| m.as_ref().map(ModelMetrics::snapshot))
+                .collect(),
             ..ShardMetricsSnapshot::default()
         }
     }
@@ -232,9 +250,9 @@ impl ModelMetricsSnapshot {
 pub struct ShardMetricsSnapshot {
     /// Shard index.
     pub shard: usize,
-    /// Per registry model.
-    pub models: Vec<ModelMetricsSnapshot>,
-    /// Requests admitted and not yet answered, per registry model.
+    /// Per model slot (`None`: a slot the shard does not hold).
+    pub models: Vec<Option<ModelMetricsSnapshot>>,
+    /// Requests admitted and not yet answered, per model slot.
     pub queue_depth: Vec<u64>,
     /// Connections open now.
     pub connections_open: u64,
@@ -256,9 +274,15 @@ type ShardSeries = (
 
 /// Renders every shard's snapshot in the Prometheus text format (version 0.0.4).
 pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> String {
-    let mut merged: Vec<Option<ModelMetricsSnapshot>> = vec![None; registry.entries().len()];
+    // Only what is served now: a version that is gone says so by its series going.
+    let slots = shards.iter().map(|s| s.models.len()).max().unwrap_or(0);
+    let mut merged: Vec<Option<ModelMetricsSnapshot>> = vec![None; slots];
     for s in shards {
         for (i, m) in s.models.iter().enumerate() {
+            let Some(m) = m else { continue };
+            if registry.slot(i).is_none() {
+                continue;
+            }
             match &mut merged[i] {
                 Some(acc) => acc.merge(m),
                 slot => *slot = Some(m.clone()),
@@ -267,7 +291,7 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
     }
     let mut out = String::with_capacity(16 << 10);
     let labels = |i: usize| {
-        let e = &registry.entries()[i];
+        let e = registry.slot(i).expect("only served slots are rendered");
         format!(
             "model=\"{}\",version=\"{}\"",
             escape_label(e.name()),
@@ -360,8 +384,20 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             s.queue_depth
                 .iter()
                 .enumerate()
+                .filter(|&(i, _)| registry.slot(i).is_some())
                 .map(move |(i, &d)| (format!("{},shard=\"{}\"", labels(i), s.shard), d))
         }),
+    );
+    gauge(
+        &mut out,
+        "friday_model_resident_bytes",
+        "gauge",
+        "Resident memory the process gained loading the model version (its weights, once for \
+         every shard); 0 for the built-in models.",
+        &mut registry
+            .entries()
+            .iter()
+            .map(|e| (labels(e.index), e.resident_bytes)),
     );
     let per_shard: [ShardSeries; 4] = [
         (
@@ -428,7 +464,7 @@ mod tests {
     fn large_batch_sizes_land_in_the_right_bucket() {
         let registry = ModelRegistry::builtin();
         let m = ShardMetrics::new(&registry);
-        m.model(0).batch(1, 513);
+        m.model(0).unwrap().batch(1, 513);
         let text = render(&registry, &[m.snapshot(0)]);
         let l = "model=\"identity\",version=\"1\"";
         assert!(
@@ -443,14 +479,14 @@ mod tests {
         let registry = ModelRegistry::builtin();
         let a = ShardMetrics::new(&registry);
         let b = ShardMetrics::new(&registry);
-        a.model(0).request_nanos(40_000);
-        a.model(0).request_nanos(2_000_000);
-        b.model(0).request_nanos(700_000);
-        a.model(0).batch(1_000, 3);
-        a.model(0).outcome(Outcome::Success);
-        a.model(0).outcome(Outcome::Success);
-        b.model(0).outcome(Outcome::Success);
-        b.model(0).outcome(Outcome::Rejected);
+        a.model(0).unwrap().request_nanos(40_000);
+        a.model(0).unwrap().request_nanos(2_000_000);
+        b.model(0).unwrap().request_nanos(700_000);
+        a.model(0).unwrap().batch(1_000, 3);
+        a.model(0).unwrap().outcome(Outcome::Success);
+        a.model(0).unwrap().outcome(Outcome::Success);
+        b.model(0).unwrap().outcome(Outcome::Success);
+        b.model(0).unwrap().outcome(Outcome::Rejected);
         let mut sa = a.snapshot(0);
         sa.queue_depth = vec![2, 0, 0];
         sa.connections_open = 5;

@@ -14,10 +14,12 @@ use std::time::{Instant, SystemTime};
 
 use smallvec::SmallVec;
 
+use crate::config::ModelControlMode;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{InferenceHeader, Method, Responder, ENCODE_SLICE_BYTES, JSON};
 use crate::metrics::{self, Outcome, ShardMetrics, ShardMetricsSnapshot};
-use crate::model::ModelRegistry;
+use crate::model::manager::ConfigOverride;
+use crate::model::{ModelEntry, ModelRegistry};
 use crate::protocol::json_data::write_json_elements;
 use crate::protocol::{self, metadata, InferRequest, ModelAction, Route};
 use crate::stats::{render_stats, RequestTimes, ShardStats, StatsSnapshot};
@@ -44,25 +46,43 @@ struct ModelDocs {
     ready: Vec<u8>,
 }
 
-/// What every shard shares, read-only: the registry and its pre-rendered documents.
+/// How the repository API (`/v2/repository/…`) may be used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepositoryApi {
+    /// Load and unload act only in `explicit` mode, as in Triton.
+    pub mode: ModelControlMode,
+    /// The header (lowercase) and value every repository call must carry, if restricted.
+    pub restriction: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceState")
+            .field("versions", &self.registry.entries().len())
+            .finish()
+    }
+}
+
+/// What every shard shares, read-only: one generation of the registry and its pre-rendered
+/// documents. The model manager publishes a new one on every change.
 pub struct ServiceState {
     registry: Arc<ModelRegistry>,
+    /// Aligned with the registry's entries.
     docs: Vec<ModelDocs>,
     server_metadata: Vec<u8>,
+    api: RepositoryApi,
 }
 
 impl ServiceState {
     /// Renders every document once.
-    pub fn new(registry: Arc<ModelRegistry>) -> Self {
+    pub fn new(registry: Arc<ModelRegistry>, api: RepositoryApi) -> Self {
         let docs = registry
             .entries()
             .iter()
             .map(|e| {
                 let meta = e.model.metadata();
                 let versions: Vec<&str> = registry
-                    .entries()
-                    .iter()
-                    .filter(|o| o.name() == e.name())
+                    .versions(e.name())
                     .map(|o| o.version.as_str())
                     .collect();
                 ModelDocs {
@@ -76,6 +96,7 @@ impl ServiceState {
             server_metadata: metadata::server_metadata(crate::SERVER_NAME, crate::SERVER_VERSION),
             registry,
             docs,
+            api,
         }
     }
 
@@ -83,6 +104,45 @@ impl ServiceState {
     pub fn registry(&self) -> &ModelRegistry {
         &self.registry
     }
+}
+
+/// A repository API call, for the model manager (which runs off the shards).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepositoryCall {
+    /// `POST /v2/repository/index`
+    Index {
+        /// Only what serves (`{"ready": true}`).
+        ready_only: bool,
+    },
+    /// `POST /v2/repository/models/{m}/load`
+    Load {
+        /// The model.
+        name: String,
+        /// The `config` parameter.
+        config: Option<ConfigOverride>,
+    },
+    /// `POST /v2/repository/models/{m}/unload`
+    Unload {
+        /// The model.
+        name: String,
+    },
+}
+
+/// Puts `e` in its slot.
+fn put_slot(slots: &mut Vec<Option<Arc<ModelEntry>>>, e: &Arc<ModelEntry>) {
+    if slots.len() <= e.index {
+        slots.resize_with(e.index + 1, || None);
+    }
+    slots[e.index] = Some(e.clone());
+}
+
+/// A repository call's JSON body (empty: `{}`).
+fn parse_call_body(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not a JSON object: {e}")))
 }
 
 /// Where decoded tensors get their buffers: the shard's pool, so a JSON tensor reuses the buffer
@@ -105,6 +165,8 @@ pub struct Request<'a> {
     pub inference_header: InferenceHeader,
     /// When the request's last bytes were read.
     pub received: Instant,
+    /// The value of the restricted API's key header, if sent.
+    pub api_key: Option<&'a [u8]>,
     /// Where decoded tensors get their buffers.
     pub buffers: &'a dyn TensorBuffers,
 }
@@ -161,6 +223,8 @@ pub enum Action<'r> {
     Gather(Gather),
     /// Submit to the model's batcher, then call [`ShardService::finish_infer`].
     Infer(InferJob<'r>),
+    /// Ask the model manager, then answer with what it says.
+    Repository(RepositoryCall),
 }
 
 /// A request's batch ran: its outputs and when things happened.
@@ -178,6 +242,9 @@ pub struct Ran<'o> {
 /// One shard's handler. `!Sync` on purpose: it belongs to one shard.
 pub struct ShardService {
     state: Arc<ServiceState>,
+    /// Every model version this shard holds, by slot: those served now and those gone that
+    /// still answer their last requests.
+    slots: Vec<Option<Arc<ModelEntry>>>,
     stats: ShardStats,
     metrics: ShardMetrics,
     draining: Cell<bool>,
@@ -187,9 +254,14 @@ pub struct ShardService {
 impl ShardService {
     /// A handler for one shard.
     pub fn new(state: Arc<ServiceState>) -> Self {
+        let mut slots = Vec::new();
+        for e in state.registry.entries() {
+            put_slot(&mut slots, e);
+        }
         ShardService {
             stats: ShardStats::new(&state.registry),
             metrics: ShardMetrics::new(&state.registry),
+            slots,
             state,
             draining: Cell::new(false),
             date: Cell::new(http_date(SystemTime::now())),
@@ -199,6 +271,42 @@ impl ShardService {
     /// The shared state.
     pub fn state(&self) -> &ServiceState {
         &self.state
+    }
+
+    /// Switches to a newly published generation. Returns the slots that are gone from it; they
+    /// keep their entry, statistics and metrics until [`ShardService::forget`], once their last
+    /// request is answered.
+    pub fn publish(&mut self, state: Arc<ServiceState>) -> Vec<usize> {
+        for e in state.registry.entries() {
+            if self.slot(e.index).is_none() {
+                put_slot(&mut self.slots, e);
+                self.stats.add(e);
+                self.metrics.add(e.index);
+            }
+        }
+        let gone = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.is_some() && state.registry.slot(*i).is_none())
+            .map(|(i, _)| i)
+            .collect();
+        self.state = state;
+        gone
+    }
+
+    /// Drops a gone slot's entry, statistics and metrics.
+    pub fn forget(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = None;
+        }
+        self.stats.remove(slot);
+        self.metrics.remove(slot);
+    }
+
+    /// The model version in `slot`, while this shard holds it.
+    pub fn slot(&self, slot: usize) -> Option<&Arc<ModelEntry>> {
+        self.slots.get(slot).and_then(Option::as_ref)
     }
 
     /// Turns readiness to 503; responses from now on close their connections.
@@ -258,7 +366,8 @@ impl ShardService {
             Route::Model {
                 action: ModelAction::Infer,
                 ..
-            }
+            } | Route::RepositoryIndex
+                | Route::Repository { .. }
         );
         let method_ok = match req.method {
             Method::Get | Method::Head => !wants_post,
@@ -290,14 +399,55 @@ impl ShardService {
             Route::HealthReady => resp.bytes(200, JSON, br#"{"ready":true}"#),
             Route::ServerMetadata => resp.bytes(200, JSON, &self.state.server_metadata),
             Route::AllStats => return Ok(Action::Gather(Gather::Stats { only: None })),
+            Route::RepositoryIndex => {
+                self.check_repository_call(req, None)?;
+                let ready_only = parse_call_body(req.body)?
+                    .get("ready")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+                return Ok(Action::Repository(RepositoryCall::Index { ready_only }));
+            }
+            Route::Repository { name, load } => {
+                self.check_repository_call(req, Some(name))?;
+                let body = parse_call_body(req.body)?;
+                let params = body.get("parameters").and_then(|p| p.as_object());
+                let name = name.to_string();
+                if !load {
+                    return Ok(Action::Repository(RepositoryCall::Unload { name }));
+                }
+                let mut config = None;
+                for (key, value) in params.into_iter().flatten() {
+                    match (key.as_str(), value) {
+                        ("config", serde_json::Value::String(text)) => {
+                            config = Some(ConfigOverride::parse(text)?);
+                        }
+                        ("config", _) => {
+                            return Err(ApiError::invalid(
+                                "the config parameter must be a string holding the JSON model \
+                                 configuration",
+                            ))
+                        }
+                        (k, _) if k.starts_with("file:") => {
+                            return Err(ApiError::new(
+                                ErrorKind::NotImplemented,
+                                "loading model files sent in the request (file: parameters) is \
+                                 not supported: put the model in the repository",
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok(Action::Repository(RepositoryCall::Load { name, config }));
+            }
             Route::Metrics => return Ok(Action::Gather(Gather::Metrics)),
             Route::Model {
                 name,
                 version,
                 action,
             } => {
-                let entry = self.state.registry.lookup(name, version)?;
-                let docs = &self.state.docs[entry.index];
+                let position = self.state.registry.position(name, version)?;
+                let entry = &self.state.registry.entries()[position];
+                let docs = &self.state.docs[position];
                 match action {
                     ModelAction::Metadata => resp.bytes(200, JSON, &docs.metadata),
                     ModelAction::Ready => resp.bytes(200, JSON, &docs.ready),
@@ -353,7 +503,12 @@ impl ShardService {
         ran: Result<Ran<'_>, ApiError>,
         resp: &mut Responder<'_>,
     ) {
-        let entry = &self.state.registry.entries()[job.model];
+        let Some(entry) = self.slot(job.model) else {
+            resp.error(&ApiError::internal(
+                "the request's model version is gone from this shard; this is a bug in friday",
+            ));
+            return;
+        };
         let ran = match ran {
             Ok(ran) => ran,
             Err(e) => {
@@ -404,28 +559,65 @@ impl ShardService {
                 encoded,
             },
         );
-        let m = self.metrics.model(job.model);
-        m.request_nanos((encoded - job.received).as_nanos() as u64);
-        m.queue_nanos(
-            ran.dispatched
-                .saturating_duration_since(job.decoded)
-                .as_nanos() as u64,
-        );
-        m.outcome(Outcome::Success);
+        if let Some(m) = self.metrics.model(job.model) {
+            m.request_nanos((encoded - job.received).as_nanos() as u64);
+            m.queue_nanos(
+                ran.dispatched
+                    .saturating_duration_since(job.decoded)
+                    .as_nanos() as u64,
+            );
+            m.outcome(Outcome::Success);
+        }
     }
 
     /// Counts a request whose client left before its batch formed (nobody gets an answer).
     pub fn record_cancelled(&self, model: usize) {
-        self.metrics.model(model).outcome(Outcome::Cancelled);
+        if let Some(m) = self.metrics.model(model) {
+            m.outcome(Outcome::Cancelled);
+        }
     }
 
     fn record_failure(&self, model: usize, received: Instant, e: &ApiError) {
         self.stats.record_failure(model, received, Instant::now());
-        self.metrics.model(model).outcome(match e.kind {
-            ErrorKind::Overloaded => Outcome::Rejected,
-            ErrorKind::TimedOut => Outcome::Timeout,
-            _ => Outcome::Failure,
-        });
+        if let Some(m) = self.metrics.model(model) {
+            m.outcome(match e.kind {
+                ErrorKind::Overloaded => Outcome::Rejected,
+                ErrorKind::TimedOut => Outcome::Timeout,
+                _ => Outcome::Failure,
+            });
+        }
+    }
+
+    /// Refuses a repository call this server does not allow: without the restricted API's key
+    /// (403), or a load or unload (`model`) outside explicit mode, as in Triton.
+    fn check_repository_call(
+        &self,
+        req: &Request<'_>,
+        model: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let api = &self.state.api;
+        if let Some((header, key)) = &api.restriction {
+            if req.api_key != Some(key.as_bytes()) {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "the model repository API is restricted: send the '{header}' header with \
+                         the key this server was configured with"
+                    ),
+                ));
+            }
+        }
+        if let Some(name) = model {
+            if api.mode != ModelControlMode::Explicit {
+                return Err(ApiError::invalid(format!(
+                    "cannot load or unload '{name}': models are loaded and unloaded on request \
+                     only in explicit mode (--model-control-mode explicit); this server runs in \
+                     {} mode",
+                    api.mode
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Answers a statistics request with `merged` (every shard's statistics, merged).

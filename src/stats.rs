@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::model::ModelRegistry;
+use crate::model::{ModelEntry, ModelRegistry};
 
 #[derive(Default)]
 struct DurationCell {
@@ -84,9 +84,10 @@ pub struct RequestTimes {
     pub encoded: Instant,
 }
 
-/// One shard's statistics, one entry per registry model. `!Sync`: only its shard touches it.
+/// One shard's statistics, one entry per model slot the shard holds (indexed by slot id).
+/// `!Sync`: only its shard touches it.
 pub struct ShardStats {
-    models: Vec<ModelCells>,
+    models: Vec<Option<ModelCells>>,
     /// Wall-clock time of `epoch`, so `last_inference` needs no extra clock read per request.
     epoch: Instant,
     epoch_unix_ms: u64,
@@ -95,29 +96,49 @@ pub struct ShardStats {
 impl ShardStats {
     /// Zeroed statistics for every model in `registry`.
     pub fn new(registry: &ModelRegistry) -> Self {
-        let models = registry
-            .entries()
-            .iter()
-            .map(|e| ModelCells {
-                batches: (0..=e.model.metadata().max_batch_size.max(1))
-                    .map(|_| BatchCells::default())
-                    .collect(),
-                ..ModelCells::default()
-            })
-            .collect();
         let epoch_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        ShardStats {
-            models,
+        let mut stats = ShardStats {
+            models: Vec::new(),
             epoch: Instant::now(),
             epoch_unix_ms,
+        };
+        for e in registry.entries() {
+            stats.add(e);
         }
+        stats
+    }
+
+    /// Zeroed statistics for slot `e.index`, unless it has them.
+    pub fn add(&mut self, e: &ModelEntry) {
+        if self.models.len() <= e.index {
+            self.models.resize_with(e.index + 1, || None);
+        }
+        self.models[e.index].get_or_insert_with(|| ModelCells {
+            batches: (0..=e.model.metadata().max_batch_size.max(1))
+                .map(|_| BatchCells::default())
+                .collect(),
+            ..ModelCells::default()
+        });
+    }
+
+    /// Forgets slot `index` (its model version is gone and answered its last request).
+    pub fn remove(&mut self, index: usize) {
+        if let Some(m) = self.models.get_mut(index) {
+            *m = None;
+        }
+    }
+
+    fn cells(&self, index: usize) -> Option<&ModelCells> {
+        self.models.get(index).and_then(Option::as_ref)
     }
 
     /// Records a successful request of `items` items to model `index`.
     pub fn record_success(&self, index: usize, items: usize, t: &RequestTimes) {
-        let m = &self.models[index];
+        let Some(m) = self.cells(index) else {
+            return;
+        };
         m.success.add(t.encoded - t.received);
         m.queue
             .add(t.dispatched.saturating_duration_since(t.decoded));
@@ -133,7 +154,9 @@ impl ShardStats {
     /// Records one execution of model `index` on a batch of `items`: joining its inputs took
     /// `input`, the model `infer`.
     pub fn record_execution(&self, index: usize, items: usize, input: Duration, infer: Duration) {
-        let m = &self.models[index];
+        let Some(m) = self.cells(index) else {
+            return;
+        };
         m.execution_count.set(m.execution_count.get() + 1);
         if let Some(b) = m.batches.get(items) {
             b.compute_input.add(input);
@@ -145,7 +168,9 @@ impl ShardStats {
 
     /// Records a failed request to model `index`.
     pub fn record_failure(&self, index: usize, received: Instant, failed: Instant) {
-        self.models[index].fail.add(failed - received);
+        if let Some(m) = self.cells(index) {
+            m.fail.add(failed - received);
+        }
     }
 
     /// A copy of the counters, to merge with other shards'.
@@ -154,28 +179,33 @@ impl ShardStats {
             models: self
                 .models
                 .iter()
-                .map(|m| ModelSnapshot {
-                    last_inference: m.last_inference_ms.get(),
-                    inference_count: m.inference_count.get(),
-                    execution_count: m.execution_count.get(),
-                    success: m.success.get(),
-                    fail: m.fail.get(),
-                    queue: m.queue.get(),
-                    compute_input: m.compute_input.get(),
-                    compute_infer: m.compute_infer.get(),
-                    compute_output: m.compute_output.get(),
-                    batches: m
-                        .batches
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, b)| b.compute_infer.count.get() > 0)
-                        .map(|(size, b)| BatchSnapshot {
-                            batch_size: size,
-                            compute_input: b.compute_input.get(),
-                            compute_infer: b.compute_infer.get(),
-                            compute_output: b.compute_output.get(),
-                        })
-                        .collect(),
+                .map(|m| {
+                    let Some(m) = m else {
+                        return ModelSnapshot::default();
+                    };
+                    ModelSnapshot {
+                        last_inference: m.last_inference_ms.get(),
+                        inference_count: m.inference_count.get(),
+                        execution_count: m.execution_count.get(),
+                        success: m.success.get(),
+                        fail: m.fail.get(),
+                        queue: m.queue.get(),
+                        compute_input: m.compute_input.get(),
+                        compute_infer: m.compute_infer.get(),
+                        compute_output: m.compute_output.get(),
+                        batches: m
+                            .batches
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, b)| b.compute_infer.count.get() > 0)
+                            .map(|(size, b)| BatchSnapshot {
+                                batch_size: size,
+                                compute_input: b.compute_input.get(),
+                                compute_infer: b.compute_infer.get(),
+                                compute_output: b.compute_output.get(),
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
         }

@@ -6,37 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-
-fn make_repository(tag: &str) -> PathBuf {
-    make_repository_with(tag, &[])
-}
-
-fn make_repository_with(tag: &str, args: &[&str]) -> PathBuf {
-    ensure_python("onnx, numpy", &["onnx", "numpy"]);
-    let out = std::env::temp_dir().join(format!("friday-models-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/models/make_repository.py"
-    );
-    let made = Command::new("python3")
-        .arg(script)
-        .arg(&out)
-        .args(args)
-        .output()
-        .expect("run make_repository.py");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    out
-}
 
 fn not_loaded(logs: &[Value], model: &str) -> Option<String> {
     logs.iter()

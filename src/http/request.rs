@@ -20,6 +20,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body in bytes (after de-chunking).
     pub max_body_bytes: usize,
+    /// The header (lowercase) whose value [`RequestHead::api_key`] locates: the key of the
+    /// restricted repository API, if one is configured.
+    pub api_key_header: Option<&'static str>,
 }
 
 /// The request methods friday serves; anything else is answered 405 by the service.
@@ -70,6 +73,8 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The `Inference-Header-Content-Length` header.
     pub inference_header: InferenceHeader,
+    /// Where the value of [`Limits::api_key_header`] is, if the request carries it.
+    pub api_key: Option<Range<usize>>,
     /// Length of the head, including the blank line.
     pub head_len: usize,
     framing: Framing,
@@ -332,6 +337,7 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpEr
     let mut keep_alive = minor_version >= 1;
     let mut expect_continue = false;
     let mut inference_header = InferenceHeader::Absent;
+    let mut api_key = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -365,6 +371,11 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpEr
         } else if name.eq_ignore_ascii_case(b"expect") {
             expect_continue =
                 minor_version >= 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if limits
+            .api_key_header
+            .is_some_and(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+        {
+            api_key = Some(offset_in(buf, h.value));
         } else if name.eq_ignore_ascii_case(b"inference-header-content-length") {
             inference_header = match parse_decimal(h.value) {
                 Some(n) => InferenceHeader::Length(n),
@@ -401,6 +412,7 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpEr
         keep_alive,
         expect_continue,
         inference_header,
+        api_key,
         head_len,
         framing,
     }))
@@ -430,6 +442,14 @@ fn target_path(buf: &[u8], target: &str) -> Result<Range<usize>, HttpError> {
     };
     let len = path.find('?').unwrap_or(path.len());
     Ok(start + offset..start + offset + len)
+}
+
+/// The range of `part` (a slice httparse handed back from `buf`) within `buf`, trimmed of
+/// surrounding whitespace.
+fn offset_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let trimmed = part.trim_ascii();
+    let start = trimmed.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + trimmed.len()
 }
 
 fn parse_decimal(value: &[u8]) -> Option<usize> {
@@ -539,6 +559,7 @@ mod tests {
     use proptest::prelude::*;
 
     const LIMITS: Limits = Limits {
+        api_key_header: None,
         max_header_bytes: 1024,
         max_body_bytes: 64,
     };

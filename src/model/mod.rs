@@ -7,6 +7,7 @@
 //! outputs in metadata order. A model must never panic on checked inputs and never block on I/O.
 
 mod identity;
+pub mod manager;
 pub mod onnx;
 mod registry;
 pub mod repository;
@@ -16,6 +17,7 @@ mod synthetic;
 use smallvec::SmallVec;
 
 pub use identity::Identity;
+pub use manager::ModelManager;
 pub use registry::{ModelEntry, ModelRegistry, Serving};
 pub use simple::Simple;
 pub use synthetic::Synthetic;

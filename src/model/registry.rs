@@ -1,20 +1,20 @@
 //! The registry: which models this server serves, under which versions, and how each is
 //! served (batching policy, placement, timeouts).
 //!
-//! Built once at startup and shared read-only by every shard. friday serves its built-in
-//! repository (`identity`, `simple`, `synthetic`) and, with `--model-repository`, the ONNX
-//! models of a Triton-layout repository on disk (see [`super::repository`]), which take the
-//! place of a built-in of the same name; each is tuned by its `[models.<name>]` section.
+//! One registry is one generation of what is served: the model manager ([`super::manager`])
+//! builds a new one on every change and publishes it to the shards, which share it read-only.
+//! friday serves its built-in repository (`identity`, `simple`, `synthetic`) and, with
+//! `--model-repository`, the ONNX models of a Triton-layout repository on disk (see
+//! [`super::repository`]), which take the place of a built-in of the same name; each is tuned by
+//! its `[models.<name>]` section.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::onnx::OnnxModel;
-use super::repository;
 use super::{Identity, Model, Simple, Synthetic};
 use crate::batch::PolicyConfig;
-use crate::config::{Config, DynamicBatching, ModelSettings, Placement};
-use crate::error::{ApiError, StartupError};
+use crate::config::{Config, DynamicBatching, ModelSettings, Placement, VersionPolicy};
+use crate::error::ApiError;
 
 /// The version every built-in model is served under.
 pub const BUILTIN_VERSION: &str = "1";
@@ -32,6 +32,8 @@ pub struct Serving {
     pub default_level: usize,
     /// The dynamic batching settings as configured (rendered in the model configuration).
     pub dynamic_batching: DynamicBatching,
+    /// Which versions serve (rendered in the model configuration).
+    pub version_policy: VersionPolicy,
 }
 
 impl Serving {
@@ -60,6 +62,7 @@ impl Serving {
                 .then(|| Duration::from_micros(b.default_timeout_microseconds)),
             default_level: b.default_priority_level.saturating_sub(1) as usize,
             dynamic_batching: b,
+            version_policy: settings.version_policy.clone().unwrap_or_default(),
         }
     }
 
@@ -75,9 +78,11 @@ impl Serving {
     }
 }
 
-/// One served model version.
+/// One served model version: a slot that shards create their batcher, statistics and metrics
+/// for when it is published, and drop once it is gone and its last request is answered.
 pub struct ModelEntry {
-    /// Position in the registry; indexes per-shard statistics and batchers.
+    /// Slot id: unique for the life of the process (a reload of the same version takes a new
+    /// one), indexes per-shard batchers, statistics and metrics.
     pub index: usize,
     /// Version label, as in `/versions/{v}`.
     pub version: String,
@@ -85,11 +90,14 @@ pub struct ModelEntry {
     pub model: Arc<dyn Model>,
     /// How it is served.
     pub serving: Serving,
+    /// Resident memory the process gained while loading it (bytes; 0 for the built-ins).
+    pub resident_bytes: u64,
 }
 
 impl std::fmt::Debug for ModelEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelEntry")
+            .field("index", &self.index)
             .field("name", &self.name())
             .field("version", &self.version)
             .finish()
@@ -97,9 +105,25 @@ impl std::fmt::Debug for ModelEntry {
 }
 
 impl ModelEntry {
+    /// A served version of `model` in slot `index`.
+    pub fn new(index: usize, version: &str, model: Arc<dyn Model>, serving: Serving) -> Self {
+        ModelEntry {
+            index,
+            version: version.to_string(),
+            model,
+            serving,
+            resident_bytes: 0,
+        }
+    }
+
     /// The model's name.
     pub fn name(&self) -> &str {
         &self.model.metadata().name
+    }
+
+    /// The version as a number (0 if it is not one), for "newest" comparisons.
+    pub fn version_number(&self) -> u64 {
+        self.version.parse().unwrap_or(0)
     }
 }
 
@@ -114,164 +138,158 @@ pub const DEFAULT_PLACEMENT_LIGHT: Placement = Placement::Inline;
 /// serving takes the worker.
 pub const DEFAULT_PLACEMENT_HEAVY: Placement = Placement::Worker;
 
-/// The models this server serves.
+/// What this server serves at one moment: one generation of the model manager's state, shared
+/// read-only by every shard until the next one is published.
 pub struct ModelRegistry {
-    entries: Vec<ModelEntry>,
+    /// Sorted by name, then version number.
+    entries: Vec<Arc<ModelEntry>>,
 }
 
 impl ModelRegistry {
+    /// A registry of `entries` (slot ids must be unique).
+    pub fn new(mut entries: Vec<Arc<ModelEntry>>) -> Self {
+        entries.sort_by(|a, b| {
+            (a.name(), a.version_number(), &a.version).cmp(&(
+                b.name(),
+                b.version_number(),
+                &b.version,
+            ))
+        });
+        debug_assert!(
+            {
+                let mut slots: Vec<usize> = entries.iter().map(|e| e.index).collect();
+                slots.sort_unstable();
+                slots.windows(2).all(|w| w[0] != w[1])
+            },
+            "slot ids are unique"
+        );
+        ModelRegistry { entries }
+    }
+
     /// The built-in repository with default settings.
     pub fn builtin() -> Self {
-        Self::from_config(&Config::default()).expect("the default config builds the built-ins")
+        Self::new(
+            builtin_models(&Config::default())
+                .into_iter()
+                .enumerate()
+                .map(|(i, (model, settings, placement))| {
+                    let serving = Serving::new(model.as_ref(), &settings, placement);
+                    Arc::new(ModelEntry::new(i, BUILTIN_VERSION, model, serving))
+                })
+                .collect(),
+        )
     }
 
     /// A registry of `models` at the built-in version, each served with default settings and
     /// `placement`.
     pub fn from_models(models: Vec<Arc<dyn Model>>, placement: Placement) -> Self {
-        let entries = models
-            .into_iter()
-            .enumerate()
-            .map(|(index, model)| ModelEntry {
-                index,
-                version: BUILTIN_VERSION.to_string(),
-                serving: Serving::new(model.as_ref(), &ModelSettings::default(), placement),
-                model,
-            })
-            .collect();
-        ModelRegistry { entries }
+        Self::new(
+            models
+                .into_iter()
+                .enumerate()
+                .map(|(index, model)| {
+                    let serving =
+                        Serving::new(model.as_ref(), &ModelSettings::default(), placement);
+                    Arc::new(ModelEntry::new(index, BUILTIN_VERSION, model, serving))
+                })
+                .collect(),
+        )
     }
 
-    /// The registry the config asks for: the built-in models and those of the model
-    /// repository, tuned by `[models.<name>]`. A repository model that cannot be loaded is
-    /// logged with the reason and not served; the others are.
-    pub fn from_config(config: &Config) -> Result<Self, StartupError> {
-        let mut models = Self::builtin_models(config);
-        if let Some(dir) = &config.model_repository {
-            let scan = repository::scan(dir).map_err(StartupError::new)?;
-            for (name, why) in &scan.failed {
-                tracing::error!(model = %name, reason = %why, "model not loaded");
-            }
-            for found in scan.found {
-                let settings = config.model(&found.name);
-                if let Some(cfg) = &found.config {
-                    tracing::warn!(
-                        model = %found.name,
-                        config = %cfg.display(),
-                        "config.pbtxt is not read yet: the configuration is completed from the \
-                         ONNX graph and [models.<name>] in friday's config"
-                    );
-                }
-                let started = std::time::Instant::now();
-                match OnnxModel::load(&found.file, &found.name, settings.max_batch_size) {
-                    Ok(model) => {
-                        tracing::info!(
-                            model = %found.name,
-                            version = found.version,
-                            file = %found.file.display(),
-                            load_ms = started.elapsed().as_millis() as u64,
-                            "model loaded"
-                        );
-                        models.retain(|(m, _, _, _)| m.metadata().name != found.name);
-                        models.push((
-                            Arc::new(model),
-                            settings,
-                            DEFAULT_PLACEMENT_HEAVY,
-                            found.version.to_string(),
-                        ));
-                    }
-                    Err(why) => {
-                        tracing::error!(model = %found.name, reason = %why, "model not loaded");
-                    }
-                }
-            }
-        }
-        for name in config.models.keys() {
-            if !models.iter().any(|(m, ..)| &m.metadata().name == name) {
-                tracing::warn!(model = %name, "[models.{name}] names no model this server serves");
-            }
-        }
-        let entries = models
-            .into_iter()
-            .enumerate()
-            .map(
-                |(index, (model, settings, placement, version))| ModelEntry {
-                    index,
-                    version,
-                    serving: Serving::new(model.as_ref(), &settings, placement),
-                    model,
-                },
-            )
-            .collect();
-        Ok(ModelRegistry { entries })
-    }
-
-    /// The built-in models, each with its settings, placement and version.
-    fn builtin_models(config: &Config) -> Vec<(Arc<dyn Model>, ModelSettings, Placement, String)> {
-        let identity = config.model("identity");
-        let simple = config.model("simple");
-        let synthetic = config.model("synthetic");
-        let defaults = Synthetic::default();
-        let models: Vec<(Arc<dyn Model>, ModelSettings, Placement)> = vec![
-            (
-                Arc::new(Identity::with_max_batch_size(
-                    identity
-                        .max_batch_size
-                        .unwrap_or(super::identity::IDENTITY_MAX_BATCH_SIZE),
-                )),
-                identity,
-                DEFAULT_PLACEMENT_LIGHT,
-            ),
-            (
-                Arc::new(Simple::with_max_batch_size(
-                    simple
-                        .max_batch_size
-                        .unwrap_or(super::simple::SIMPLE_MAX_BATCH_SIZE),
-                )),
-                simple,
-                DEFAULT_PLACEMENT_LIGHT,
-            ),
-            (
-                Arc::new(Synthetic::new(
-                    synthetic
-                        .cost_per_batch_us
-                        .unwrap_or(super::synthetic::DEFAULT_COST_PER_BATCH_US),
-                    synthetic
-                        .cost_per_item_us
-                        .unwrap_or(super::synthetic::DEFAULT_COST_PER_ITEM_US),
-                    synthetic
-                        .max_batch_size
-                        .unwrap_or(defaults.metadata().max_batch_size),
-                )),
-                synthetic,
-                DEFAULT_PLACEMENT_HEAVY,
-            ),
-        ];
-        models
-            .into_iter()
-            .map(|(m, s, p)| (m, s, p, BUILTIN_VERSION.to_string()))
-            .collect()
-    }
-
-    /// Every served model version, in registry order.
-    pub fn entries(&self) -> &[ModelEntry] {
+    /// Every served model version, by name and version.
+    pub fn entries(&self) -> &[Arc<ModelEntry>] {
         &self.entries
     }
 
-    /// Finds `name` at `version` (the newest when `None`). Unknown names and versions are 404s.
-    pub fn lookup(&self, name: &str, version: Option<&str>) -> Result<&ModelEntry, ApiError> {
-        let mut found = self.entries.iter().filter(|e| e.name() == name).peekable();
+    /// The entry in slot `slot`, if it is served.
+    pub fn slot(&self, slot: usize) -> Option<&ModelEntry> {
+        self.entries.iter().find(|e| e.index == slot).map(|e| &**e)
+    }
+
+    /// Whether a model of this name is served (at any version).
+    pub fn serves(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.name() == name)
+    }
+
+    /// The versions of `name` served, oldest first.
+    pub fn versions<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a ModelEntry> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.name() == name)
+            .map(|e| &**e)
+    }
+
+    /// Position in [`ModelRegistry::entries`] of `name` at `version` (the newest when `None`).
+    /// Unknown names and versions are 404s.
+    pub fn position(&self, name: &str, version: Option<&str>) -> Result<usize, ApiError> {
+        let mut found = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.name() == name)
+            .peekable();
         if found.peek().is_none() {
             return Err(ApiError::not_found(format!("unknown model: '{name}'")));
         }
         match version {
-            None | Some("") => Ok(found
-                .max_by_key(|e| e.version.parse::<u64>().unwrap_or(0))
-                .expect("peeked a match above")),
-            Some(v) => found.find(|e| e.version == v).ok_or_else(|| {
-                ApiError::not_found(format!("unknown version '{v}' of model '{name}'"))
-            }),
+            // Sorted by version: the last match is the newest.
+            None | Some("") => Ok(found.last().expect("peeked a match above").0),
+            Some(v) => found
+                .find(|(_, e)| e.version == v)
+                .map(|(i, _)| i)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("unknown version '{v}' of model '{name}'"))
+                }),
         }
     }
+
+    /// Finds `name` at `version` (the newest when `None`). Unknown names and versions are 404s.
+    pub fn lookup(&self, name: &str, version: Option<&str>) -> Result<&ModelEntry, ApiError> {
+        self.position(name, version).map(|i| &*self.entries[i])
+    }
+}
+
+/// The built-in models, each with its settings and default placement.
+pub(crate) fn builtin_models(config: &Config) -> Vec<(Arc<dyn Model>, ModelSettings, Placement)> {
+    let identity = config.model("identity");
+    let simple = config.model("simple");
+    let synthetic = config.model("synthetic");
+    let defaults = Synthetic::default();
+    vec![
+        (
+            Arc::new(Identity::with_max_batch_size(
+                identity
+                    .max_batch_size
+                    .unwrap_or(super::identity::IDENTITY_MAX_BATCH_SIZE),
+            )),
+            identity,
+            DEFAULT_PLACEMENT_LIGHT,
+        ),
+        (
+            Arc::new(Simple::with_max_batch_size(
+                simple
+                    .max_batch_size
+                    .unwrap_or(super::simple::SIMPLE_MAX_BATCH_SIZE),
+            )),
+            simple,
+            DEFAULT_PLACEMENT_LIGHT,
+        ),
+        (
+            Arc::new(Synthetic::new(
+                synthetic
+                    .cost_per_batch_us
+                    .unwrap_or(super::synthetic::DEFAULT_COST_PER_BATCH_US),
+                synthetic
+                    .cost_per_item_us
+                    .unwrap_or(super::synthetic::DEFAULT_COST_PER_ITEM_US),
+                synthetic
+                    .max_batch_size
+                    .unwrap_or(defaults.metadata().max_batch_size),
+            )),
+            synthetic,
+            DEFAULT_PLACEMENT_HEAVY,
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -305,7 +323,9 @@ mod serving_tests {
         )
         .unwrap();
         config.validate().unwrap();
-        let r = ModelRegistry::from_config(&config).unwrap();
+        let r = super::super::ModelManager::start(&config)
+            .unwrap()
+            .registry();
         let s = &r.lookup("synthetic", None).unwrap().serving;
         assert_eq!(s.policy.max_batch_size, 16);
         assert_eq!(s.policy.max_queue_delay, Duration::from_micros(250));

@@ -7,25 +7,40 @@
 
 use std::path::{Path, PathBuf};
 
-/// A model version found in the repository.
+/// A model folder found in the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundVersion {
+pub struct ModelFolder {
     /// The model's name (its folder's).
     pub name: String,
-    /// The version (its folder's number).
-    pub version: u64,
-    /// The model file, resolved inside the repository.
-    pub file: PathBuf,
+    /// Its version folders (numbers), oldest first; a version is loadable if it holds the model
+    /// file.
+    pub versions: Vec<u64>,
+    /// The folder, resolved inside the repository.
+    pub dir: PathBuf,
     /// The model's `config.pbtxt`, if it has one.
     pub config: Option<PathBuf>,
 }
 
-/// What a scan of the repository found: versions to load, and folders it could not use, with why.
+impl ModelFolder {
+    /// Version `version`'s model file, resolved inside the repository `root`.
+    pub fn file(&self, root: &Path, version: u64) -> Result<PathBuf, String> {
+        confined(
+            root,
+            &self
+                .dir
+                .join(version.to_string())
+                .join(DEFAULT_MODEL_FILENAME),
+        )
+    }
+}
+
+/// What a scan of the repository found: model folders, and folders it could not use, with why.
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// The versions to serve: each model's newest, as Triton's default version policy
-    /// (`latest { num_versions: 1 }`) serves.
-    pub found: Vec<FoundVersion>,
+    /// The repository, resolved.
+    pub root: PathBuf,
+    /// Model folders with at least one version folder, by name.
+    pub found: Vec<ModelFolder>,
     /// Models (by folder name) that cannot be served, and why.
     pub failed: Vec<(String, String)>,
 }
@@ -59,36 +74,32 @@ fn confined(root: &Path, path: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// The repository `dir`, resolved.
+pub fn root(dir: &Path) -> Result<PathBuf, String> {
+    dir.canonicalize()
+        .map_err(|e| format!("cannot open the model repository {}: {e}", dir.display()))
+}
+
 /// Scans repository `dir` for models.
 pub fn scan(dir: &Path) -> Result<Scan, String> {
-    let root = dir
-        .canonicalize()
-        .map_err(|e| format!("cannot open the model repository {}: {e}", dir.display()))?;
+    let root = root(dir)?;
     let mut entries: Vec<_> = std::fs::read_dir(&root)
         .map_err(|e| format!("cannot list the model repository {}: {e}", root.display()))?
         .filter_map(Result::ok)
         .collect();
     entries.sort_by_key(|e| e.file_name());
-    let mut scan = Scan::default();
+    let mut scan = Scan {
+        root: root.clone(),
+        ..Scan::default()
+    };
     for entry in entries {
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if name.starts_with('.') {
+        if name.starts_with('.') || !root.join(&name).is_dir() {
             continue;
         }
-        let path = root.join(&name);
-        if !path.is_dir() {
-            continue;
-        }
-        if !valid_model_name(&name) {
-            scan.failed.push((
-                name.clone(),
-                format!("'{name}' cannot name a model: use letters, digits, '_', '-' and '.' only"),
-            ));
-            continue;
-        }
-        match scan_model(&root, &path, &name) {
+        match scan_model(&root, &name) {
             Ok(found) => scan.found.push(found),
             Err(why) => scan.failed.push((name, why)),
         }
@@ -96,38 +107,45 @@ pub fn scan(dir: &Path) -> Result<Scan, String> {
     Ok(scan)
 }
 
-/// The newest version of the model in folder `path`.
-fn scan_model(root: &Path, path: &Path, name: &str) -> Result<FoundVersion, String> {
-    let dir = confined(root, path)?;
-    let versions = std::fs::read_dir(&dir)
+/// The folder of model `name` in the repository `root` (resolved), with its versions. `name`
+/// may come from a request: it must be a model name, never a path.
+pub fn scan_model(root: &Path, name: &str) -> Result<ModelFolder, String> {
+    if !valid_model_name(name) {
+        return Err(format!(
+            "'{name}' cannot name a model: use letters, digits, '_', '-' and '.' only"
+        ));
+    }
+    let path = root.join(name);
+    if !path.is_dir() {
+        return Err(format!("no model folder '{name}' in the repository"));
+    }
+    let dir = confined(root, &path)?;
+    let mut versions: Vec<u64> = std::fs::read_dir(&dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .filter_map(|e| {
             let v = e.file_name().to_str()?.parse::<u64>().ok()?;
             e.path().is_dir().then_some(v)
         })
-        .max();
-    let Some(version) = versions else {
+        .collect();
+    versions.sort_unstable();
+    if versions.is_empty() {
         return Err(format!(
             "{} has no version folder (such as {}/1/{DEFAULT_MODEL_FILENAME})",
             dir.display(),
             dir.display()
         ));
-    };
-    let file = confined(
-        root,
-        &dir.join(version.to_string()).join(DEFAULT_MODEL_FILENAME),
-    )?;
+    }
     let config = dir.join("config.pbtxt");
     let config = if config.exists() {
         Some(confined(root, &config)?)
     } else {
         None
     };
-    Ok(FoundVersion {
+    Ok(ModelFolder {
         name: name.to_string(),
-        version,
-        file,
+        versions,
+        dir,
         config,
     })
 }
@@ -144,7 +162,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_newest_version_and_refuses_what_leads_out() {
+    fn finds_every_version_and_refuses_what_leads_out() {
         let d = repo("scan");
         for v in ["1", "3", "20"] {
             std::fs::create_dir_all(d.join("m").join(v)).unwrap();
@@ -161,10 +179,21 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("model.onnx"), d.join("escape/1/model.onnx"))
             .unwrap();
         let s = scan(&d).unwrap();
-        assert_eq!(s.found.len(), 1, "{s:?}");
-        assert_eq!(s.found[0].name, "m");
-        assert_eq!(s.found[0].version, 20);
-        assert!(s.found[0].file.ends_with("m/20/model.onnx"));
+        assert_eq!(s.found.len(), 2, "{s:?}");
+        assert_eq!(s.found[1].name, "m");
+        assert_eq!(s.found[1].versions, [1, 3, 20]);
+        assert!(s.found[1]
+            .file(&s.root, 20)
+            .unwrap()
+            .ends_with("m/20/model.onnx"));
+        assert!(
+            s.found[1].file(&s.root, 1).is_err(),
+            "version 1 has no file"
+        );
+        // The version folder is there; its file leads out.
+        assert_eq!(s.found[0].name, "escape");
+        let why = s.found[0].file(&s.root, 1).unwrap_err();
+        assert!(why.contains("outside the repository"), "{why}");
         let why = |n: &str| {
             s.failed
                 .iter()
@@ -173,7 +202,6 @@ mod tests {
         };
         assert!(why("empty").unwrap().contains("no version folder"));
         assert!(why("bad name").unwrap().contains("cannot name a model"));
-        assert!(why("escape").unwrap().contains("outside the repository"));
         assert!(why(".hidden").is_none());
     }
 

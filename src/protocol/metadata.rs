@@ -10,7 +10,12 @@ use serde_json::json;
 use crate::model::{ModelMetadata, Serving, TensorSpec};
 
 /// The protocol extensions friday implements, as `GET /v2` lists them. Only what works is listed.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+];
 
 /// `GET /v2`
 pub fn server_metadata(name: &str, version: &str) -> Vec<u8> {
@@ -131,7 +136,7 @@ pub fn model_config(meta: &ModelMetadata, serving: &Serving) -> Vec<u8> {
         "name": meta.name,
         "platform": meta.platform,
         "backend": meta.backend,
-        "version_policy": { "latest": { "num_versions": 1 } },
+        "version_policy": serving.version_policy,
         "max_batch_size": meta.max_batch_size,
         "dynamic_batching": dynamic_batching,
         "input": input,

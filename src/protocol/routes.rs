@@ -28,6 +28,15 @@ pub enum Route<'p> {
     AllStats,
     /// `GET /metrics`: Prometheus metrics.
     Metrics,
+    /// `POST /v2/repository/index`: the model repository's index.
+    RepositoryIndex,
+    /// `POST /v2/repository/models/{m}/load` or `/unload`.
+    Repository {
+        /// Model name.
+        name: &'p str,
+        /// Load (true) or unload.
+        load: bool,
+    },
     /// A model-scoped path.
     Model {
         /// Model name.
@@ -57,6 +66,13 @@ pub fn route(path: &str) -> Route<'_> {
         ["health", "live"] => Route::HealthLive,
         ["health", "ready"] => Route::HealthReady,
         ["models", "stats"] => Route::AllStats,
+        ["repository", "index"] => Route::RepositoryIndex,
+        ["repository", "models", name, "load"] if !name.is_empty() => {
+            Route::Repository { name, load: true }
+        }
+        ["repository", "models", name, "unload"] if !name.is_empty() => {
+            Route::Repository { name, load: false }
+        }
         ["models", name, tail @ ..] if !name.is_empty() => {
             let (version, tail) = match tail {
                 ["versions", v, tail @ ..] if !v.is_empty() => (Some(*v), tail),
@@ -102,6 +118,21 @@ mod tests {
         assert_eq!(route("/v2/health/ready"), Route::HealthReady);
         assert_eq!(route("/v2/models/stats"), Route::AllStats);
         assert_eq!(route("/metrics"), Route::Metrics);
+        assert_eq!(route("/v2/repository/index"), Route::RepositoryIndex);
+        assert_eq!(
+            route("/v2/repository/models/m/load"),
+            Route::Repository {
+                name: "m",
+                load: true
+            }
+        );
+        assert_eq!(
+            route("/v2/repository/models/m/unload"),
+            Route::Repository {
+                name: "m",
+                load: false
+            }
+        );
         assert_eq!(
             route("/v2/models/m"),
             model("m", None, ModelAction::Metadata)
@@ -142,6 +173,10 @@ mod tests {
             "/v2/models/m/versions//infer",
             "/v2/models/m/infer/extra",
             "/v2/models/m/predict",
+            "/v2/repository",
+            "/v2/repository/models/m",
+            "/v2/repository/models//load",
+            "/v2/repository/models/m/reload",
         ] {
             assert_eq!(route(p), Route::NotFound, "{p}");
         }

@@ -130,6 +130,58 @@ pub(crate) struct Batcher {
     last_run: Duration,
 }
 
+/// A shard's batchers, one per model slot it holds, kept dense so that the loop's passes over
+/// them cost what is loaded, not every slot there ever was.
+#[derive(Default)]
+pub(crate) struct Batchers {
+    list: Vec<Batcher>,
+    /// Position in `list` by slot (`usize::MAX`: none).
+    pos: Vec<usize>,
+}
+
+impl Batchers {
+    /// Adds `b` (its slot must have none).
+    pub(crate) fn insert(&mut self, b: Batcher) {
+        if self.pos.len() <= b.index {
+            self.pos.resize(b.index + 1, usize::MAX);
+        }
+        debug_assert_eq!(self.pos[b.index], usize::MAX, "one batcher per slot");
+        self.pos[b.index] = self.list.len();
+        self.list.push(b);
+    }
+
+    /// Removes slot `slot`'s batcher.
+    pub(crate) fn remove(&mut self, slot: usize) -> Option<Batcher> {
+        let at = *self.pos.get(slot).filter(|&&p| p != usize::MAX)?;
+        self.pos[slot] = usize::MAX;
+        let b = self.list.swap_remove(at);
+        if let Some(moved) = self.list.get(at) {
+            self.pos[moved.index] = at;
+        }
+        Some(b)
+    }
+
+    /// Slot `slot`'s batcher.
+    pub(crate) fn get(&self, slot: usize) -> Option<&Batcher> {
+        self.pos.get(slot).and_then(|&p| self.list.get(p))
+    }
+
+    /// Slot `slot`'s batcher.
+    pub(crate) fn get_mut(&mut self, slot: usize) -> Option<&mut Batcher> {
+        self.pos.get(slot).and_then(|&p| self.list.get_mut(p))
+    }
+
+    /// Every batcher.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Batcher> {
+        self.list.iter()
+    }
+
+    /// Every batcher.
+    pub(crate) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Batcher> {
+        self.list.iter_mut()
+    }
+}
+
 /// An inline model whose batches take longer than this (50 µs, a few times what a request
 /// costs the shard otherwise) is batched even when idle: see [`Batcher::idle_inline`].
 const FAST_PATH_MAX: Duration = Duration::from_micros(50);
@@ -368,6 +420,17 @@ impl Batcher {
         self.max_queue_size
     }
 
+    /// The model slot.
+    pub(crate) fn slot(&self) -> usize {
+        self.index
+    }
+
+    /// Whether it holds nothing: no request queued, running or waiting to be taken, so that
+    /// a gone version's batcher can be dropped.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.tickets.is_empty() && self.in_flight.is_none() && self.queue.is_empty()
+    }
+
     /// Lets every resting connection go (the shard drains).
     pub(crate) fn release_all(&mut self, out: &mut Vec<(usize, u64)>) {
         out.extend(self.line.drain(..).map(|(conn, id, _)| (conn, id)));
@@ -521,10 +584,9 @@ impl Batcher {
             .expect("a finished batch was in flight");
         let infer = done.infer_end - done.infer_start;
         self.last_run = infer;
-        ctx.service
-            .metrics()
-            .model(self.index)
-            .batch(infer.as_nanos() as u64, items);
+        if let Some(m) = ctx.service.metrics().model(self.index) {
+            m.batch(infer.as_nanos() as u64, items);
+        }
         ctx.service.stats().record_execution(
             self.index,
             items,

@@ -206,6 +206,8 @@ enum Parked {
         ticket: u64,
         head: HeadInfo,
     },
+    /// A repository call to the model manager.
+    Repository { ticket: u64, head: HeadInfo },
 }
 
 /// What answering a request needs to know of its head once its bytes are gone.
@@ -698,7 +700,13 @@ impl Connection {
         let mark = self.write.len();
         let (answered, keep_alive) = match parked {
             Parked::Infer { job, ticket, head } => {
-                let outcome = core.batchers[job.model].take(ticket);
+                let outcome = match core.batchers.get_mut(job.model) {
+                    Some(b) => b.take(ticket),
+                    None => Outcome::Failed(ApiError::internal(
+                        "the request's model version is gone from this shard; this is a bug in \
+                         friday",
+                    )),
+                };
                 let mut resp = Responder::new(
                     &mut self.write,
                     &mut self.scratch,
@@ -714,10 +722,28 @@ impl Connection {
                 let answered = answered.map(|mut a| {
                     a.held = a.keep_open
                         && !draining
-                        && hold_if_saturated(&mut core.batchers[job.model], key, self.id);
+                        && core.service.state().registry().slot(job.model).is_some()
+                        && core
+                            .batchers
+                            .get_mut(job.model)
+                            .is_some_and(|b| hold_if_saturated(b, key, self.id));
                     a
                 });
                 (answered.ok(), head.keep_alive)
+            }
+            Parked::Repository { ticket, head } => {
+                let result = core.mesh.take_call(ticket);
+                let mut resp = Responder::new(
+                    &mut self.write,
+                    &mut self.scratch,
+                    &date,
+                    head.mode(draining),
+                );
+                match result {
+                    Ok(body) => resp.bytes(200, crate::http::JSON, &body),
+                    Err(e) => resp.error(&e),
+                }
+                (Some(Answered::new(resp.keep_alive())), head.keep_alive)
             }
             Parked::Gather { what, ticket, head } => {
                 let gathered = core.mesh.take(ticket);
@@ -1102,6 +1128,7 @@ impl Connection {
             body,
             inference_header: head.inference_header,
             received,
+            api_key: head.api_key.clone().map(|r| &bytes[r]),
             buffers: &*tensor_pool,
         };
         let info = HeadInfo {
@@ -1133,6 +1160,13 @@ impl Connection {
                     }
                 }
                 Action::Infer(job) => infer(core, (key, self.id), from_line, job, &mut resp),
+                Action::Repository(call) => match core.mesh.start_call(key, call, Instant::now()) {
+                    Ok(ticket) => Step::Repository { ticket },
+                    Err(e) => {
+                        resp.error(&e);
+                        Step::Answered(Answered::new(resp.keep_alive()))
+                    }
+                },
             }
         }));
         let step = handled.unwrap_or_else(|_| {
@@ -1165,6 +1199,10 @@ impl Connection {
                     ticket,
                     head: info,
                 });
+                self.phase = Phase::Busy;
+            }
+            Step::Repository { ticket } => {
+                self.parked = Some(Parked::Repository { ticket, head: info });
                 self.phase = Phase::Busy;
             }
         }
@@ -1219,6 +1257,8 @@ enum Step {
     },
     /// It waits for the other shards' numbers.
     Gather { what: Gather, ticket: u64 },
+    /// It waits for the model manager.
+    Repository { ticket: u64 },
 }
 
 /// Runs an infer request at once if its model is inline and idle; otherwise submits it.
@@ -1232,7 +1272,14 @@ fn infer(
     mut job: InferJob<'_>,
     resp: &mut Responder<'_>,
 ) -> Step {
-    let batcher: &mut Batcher = &mut core.batchers[job.model];
+    let Some(batcher) = core.batchers.get_mut(job.model) else {
+        let e = ApiError::unavailable(format!(
+            "model '{}' cannot be served on this shard (see the server log)",
+            job.model
+        ));
+        core.service.finish_infer(&job, Err(e), resp);
+        return Step::Answered(Answered::new(resp.keep_alive()));
+    };
     if !from_line && batcher.has_line() && !core.service.is_draining() {
         let e = ApiError::new(
             ErrorKind::Overloaded,
@@ -1254,8 +1301,9 @@ fn infer(
         let infer_end = Instant::now();
         let infer = infer_end - dispatched;
         batcher.ran_inline(infer);
-        let metrics = core.service.metrics().model(job.model);
-        metrics.batch(infer.as_nanos() as u64, job.request.batch_size);
+        if let Some(m) = core.service.metrics().model(job.model) {
+            m.batch(infer.as_nanos() as u64, job.request.batch_size);
+        }
         core.service.stats().record_execution(
             job.model,
             job.request.batch_size,
@@ -1319,8 +1367,10 @@ fn refuse(
     core.service.finish_infer(job, Err(e), resp);
     let mut answered = Answered::new(resp.keep_alive());
     if full && answered.keep_open && !core.service.is_draining() {
-        core.batchers[job.model].hold(key, id, Instant::now());
-        answered.held = true;
+        if let Some(b) = core.batchers.get_mut(job.model) {
+            b.hold(key, id, Instant::now());
+            answered.held = true;
+        }
     }
     Step::Answered(answered)
 }

@@ -3,9 +3,10 @@
 //!
 //! Each shard has two inboxes, both bounded and both ringing the shard's [`Doorbell`] (an
 //! eventfd its engine watches):
-//! - the control inbox ([`CONTROL_CHANNEL_CAPACITY`]), written by the signal thread through the
-//!   [`ControlPlane`]; only [`ShardMsg::Drain`] travels there, so statistics traffic can never
-//!   crowd out a drain;
+//! - the control inbox ([`CONTROL_CHANNEL_CAPACITY`]), written by the control-plane threads
+//!   through the [`ControlPlane`]: drains from the signal thread, and from the model manager each
+//!   newly published generation of the registry and the answers to repository calls; statistics
+//!   traffic can never crowd them out;
 //! - the mesh inbox ([`MESH_CHANNEL_CAPACITY`] per peer), written by peer shards; only snapshot
 //!   gathers (statistics, metrics) travel there.
 //!
@@ -23,7 +24,7 @@ use crossbeam::channel;
 use super::engine::Doorbell;
 use crate::error::ApiError;
 use crate::metrics::ShardMetricsSnapshot;
-use crate::service::Gather;
+use crate::service::{Gather, RepositoryCall, ServiceState};
 use crate::stats::StatsSnapshot;
 
 /// Capacity of a shard's mesh inbox, per peer.
@@ -33,7 +34,12 @@ pub const MAX_CONCURRENT_GATHERS: usize = 8;
 /// How long a gather waits for every peer.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Capacity of each shard's control inbox.
-pub const CONTROL_CHANNEL_CAPACITY: usize = 4;
+pub const CONTROL_CHANNEL_CAPACITY: usize = 64;
+/// How long a repository call (a load, say) may take before its client is told to look at the
+/// index instead.
+pub const REPOSITORY_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Repository calls one shard waits on at once; more are refused (503).
+pub const MAX_CONCURRENT_CALLS: usize = 16;
 
 /// Every message that crosses cores.
 #[derive(Debug)]
@@ -59,6 +65,21 @@ pub enum ShardMsg {
         ticket: u64,
         /// The peer's numbers.
         snapshot: Snapshot,
+    },
+    /// Model manager → every shard: serve this generation from now on (switching at a batch
+    /// boundary), then say so on `ack` with the shard's id.
+    Publish {
+        /// The new generation.
+        state: Arc<ServiceState>,
+        /// Where the shard acknowledges.
+        ack: channel::Sender<usize>,
+    },
+    /// Model manager → asking shard: the answer to repository call `ticket` (a JSON body).
+    RepositoryReply {
+        /// From the call.
+        ticket: u64,
+        /// The body to answer 200 with, or the error.
+        result: Result<Vec<u8>, ApiError>,
     },
 }
 
@@ -87,6 +108,16 @@ impl Mailbox {
         }
         sent
     }
+
+    /// Sends, waiting up to `timeout` for room (control-plane threads only, never a shard), and
+    /// wakes the shard; false if it could not.
+    pub fn send_timeout(&self, msg: ShardMsg, timeout: Duration) -> bool {
+        let sent = self.tx.send_timeout(msg, timeout).is_ok();
+        if sent {
+            self.bell.ring();
+        }
+        sent
+    }
 }
 
 /// What one shard receives: its doorbell and both inboxes.
@@ -106,6 +137,11 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// Every shard's control mailbox, by shard id.
+    pub fn shards(&self) -> &[Mailbox] {
+        &self.shards
+    }
+
     /// Tells every shard to drain by `deadline`. Never blocks: a shard whose inbox is full
     /// already has a drain pending.
     pub fn drain(&self, deadline: Instant) {
@@ -162,13 +198,34 @@ pub(crate) enum GatherStart {
     Pending(u64),
 }
 
-/// A shard's end of the mesh: its peers' mailboxes and its gathers in progress.
+/// A repository call waiting for the model manager.
+struct PendingCall {
+    conn: usize,
+    deadline: Instant,
+    result: Option<Result<Vec<u8>, ApiError>>,
+}
+
+/// A shard's end of the mesh: its peers' mailboxes, its gathers in progress, and its calls to
+/// the model manager.
 pub(crate) struct Mesh {
     me: usize,
     peers: Vec<Mailbox>,
     inbox: channel::Receiver<ShardMsg>,
     gathers: HashMap<u64, PendingGather>,
     next_ticket: u64,
+    manager: Option<channel::Sender<ManagerMsg>>,
+    calls: HashMap<u64, PendingCall>,
+}
+
+/// A repository call on its way to the model manager.
+#[derive(Debug)]
+pub struct ManagerMsg {
+    /// The asking shard (the answer goes to its control inbox).
+    pub from: usize,
+    /// Matches the answer to the call.
+    pub ticket: u64,
+    /// What is asked.
+    pub call: RepositoryCall,
 }
 
 impl Mesh {
@@ -180,6 +237,78 @@ impl Mesh {
             inbox,
             gathers: HashMap::new(),
             next_ticket: 0,
+            manager: None,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// Connects this shard to the model manager.
+    pub(crate) fn with_manager(mut self, manager: channel::Sender<ManagerMsg>) -> Self {
+        self.manager = Some(manager);
+        self
+    }
+
+    /// Sends `call` to the model manager for connection `conn`; the connection is resumed with
+    /// the answer (or when [`REPOSITORY_CALL_TIMEOUT`] passes).
+    pub(crate) fn start_call(
+        &mut self,
+        conn: usize,
+        call: RepositoryCall,
+        now: Instant,
+    ) -> Result<u64, ApiError> {
+        let Some(manager) = &self.manager else {
+            return Err(ApiError::unavailable("this server runs no model manager"));
+        };
+        if self.calls.len() >= MAX_CONCURRENT_CALLS {
+            return Err(ApiError::unavailable(
+                "too many repository calls are in progress on this shard; retry",
+            ));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        let msg = ManagerMsg {
+            from: self.me,
+            ticket,
+            call,
+        };
+        if manager.try_send(msg).is_err() {
+            return Err(ApiError::unavailable(
+                "the model manager is busy with other calls; retry",
+            ));
+        }
+        self.calls.insert(
+            ticket,
+            PendingCall {
+                conn,
+                deadline: now + REPOSITORY_CALL_TIMEOUT,
+                result: None,
+            },
+        );
+        Ok(ticket)
+    }
+
+    /// Takes the manager's answer; pushes the waiting connection to `ready`.
+    pub(crate) fn on_call_reply(
+        &mut self,
+        ticket: u64,
+        result: Result<Vec<u8>, ApiError>,
+        ready: &mut Vec<usize>,
+    ) {
+        if let Some(c) = self.calls.get_mut(&ticket) {
+            if c.result.is_none() {
+                c.result = Some(result);
+                ready.push(c.conn);
+            }
+        }
+    }
+
+    /// A finished call's answer.
+    pub(crate) fn take_call(&mut self, ticket: u64) -> Result<Vec<u8>, ApiError> {
+        match self.calls.remove(&ticket) {
+            Some(PendingCall {
+                result: Some(r), ..
+            }) => r,
+            _ => Err(ApiError::internal("a call was answered before it ended")),
         }
     }
 
@@ -262,8 +391,18 @@ impl Mesh {
         }
     }
 
-    /// Ends the gathers whose deadline passed (their connections are pushed to `ready`).
+    /// Ends the gathers and calls whose deadline passed (their connections are pushed to
+    /// `ready`).
     pub(crate) fn expire(&mut self, now: Instant, ready: &mut Vec<usize>) {
+        for c in self.calls.values_mut() {
+            if c.result.is_none() && now >= c.deadline {
+                c.result = Some(Err(ApiError::unavailable(
+                    "the model manager did not answer in time; the call may still complete: \
+                     see POST /v2/repository/index",
+                )));
+                ready.push(c.conn);
+            }
+        }
         for g in self.gathers.values_mut() {
             if g.result.is_none() && now >= g.deadline {
                 g.result = Some(Err(ApiError::unavailable(
@@ -276,11 +415,17 @@ impl Mesh {
 
     /// The earliest deadline of a gather still waiting.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.gathers
+        let gathers = self
+            .gathers
             .values()
             .filter(|g| g.result.is_none())
-            .map(|g| g.deadline)
-            .min()
+            .map(|g| g.deadline);
+        let calls = self
+            .calls
+            .values()
+            .filter(|c| c.result.is_none())
+            .map(|c| c.deadline);
+        gathers.chain(calls).min()
     }
 
     /// A finished gather's snapshots (this shard's first), or why it failed.

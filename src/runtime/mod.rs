@@ -11,6 +11,7 @@
 //! | `buffers` | the shard's buffer pools |
 //! | `listener` | the `SO_REUSEPORT` sockets, bound before any shard starts |
 //! | [`mesh`] | every message that crosses cores, and the doorbells that announce them |
+//! | `models` | the model manager's thread: repository calls, polling, publishing to the shards |
 //! | `signals` | the control thread that turns SIGTERM/SIGINT into a drain |
 //!
 //! Nothing outside this module knows which engine runs.
@@ -21,6 +22,7 @@ mod connection;
 pub mod engine;
 mod listener;
 pub mod mesh;
+mod models;
 mod shard;
 mod signals;
 pub mod worker;
@@ -31,10 +33,10 @@ use std::time::Duration;
 use crossbeam::channel;
 use tracing::info;
 
-use crate::config::Config;
+use crate::config::{Config, ModelControlMode};
 use crate::error::StartupError;
-use crate::model::ModelRegistry;
-use crate::service::ServiceState;
+use crate::model::ModelManager;
+use crate::service::{RepositoryApi, ServiceState};
 use crate::topology;
 use shard::ShardSetup;
 
@@ -51,12 +53,28 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
     let cpus = topology::plan_shards(&config.shards, &allowed)?;
     let engine = engine::select(config.engine).map_err(StartupError::new)?;
     info!(engine = %engine.kind, reason = %engine.reason, "I/O engine");
-    let registry = Arc::new(ModelRegistry::from_config(config)?);
-    let state = Arc::new(ServiceState::new(registry));
+    // Every model the server starts with is loaded and warmed up before any shard serves.
+    let manager = ModelManager::start(config)?;
+    let api = RepositoryApi {
+        mode: config.model_control.mode,
+        restriction: config.model_control.restriction(),
+    };
+    let api_key_header: Option<&'static str> = api
+        .restriction
+        .as_ref()
+        .map(|(h, _)| &*Box::leak(h.clone().into_boxed_str()));
+    let state = Arc::new(ServiceState::new(Arc::new(manager.registry()), api.clone()));
     let (listeners, address) = listener::bind_listeners(&config.http, cpus.len())?;
     let (control, inboxes, peers) = mesh::wire(cpus.len())
         .map_err(|e| StartupError::new(format!("cannot create the shards' doorbells: {e}")))?;
-    signals::spawn(control, Duration::from_millis(config.drain.timeout_ms))?;
+    signals::spawn(
+        control.clone(),
+        Duration::from_millis(config.drain.timeout_ms),
+    )?;
+    let (calls_tx, calls_rx) = channel::bounded(models::MANAGER_CHANNEL_CAPACITY);
+    let poll_every = (config.model_control.mode == ModelControlMode::Poll)
+        .then(|| Duration::from_secs(config.model_control.poll_secs));
+    models::Models::new(manager, api, control, calls_rx, poll_every).spawn()?;
 
     let memory = topology::physical_memory();
     let buffer_budget = config.http.buffer_budget(memory, cpus.len());
@@ -77,6 +95,8 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
             http: config.http.clone(),
             inbox,
             peers: peers.clone(),
+            manager: calls_tx.clone(),
+            api_key_header,
             busy_poll_us: config.shards.busy_poll_us,
             buffer_budget,
             started: started_tx.clone(),
@@ -98,6 +118,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         threads.push(thread);
     }
     drop(started_tx);
+    drop(calls_tx);
     for _ in 0..cpus.len() {
         match started_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(Ok(_)) => {}

@@ -34,11 +34,11 @@ use crossbeam::channel;
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use super::batcher::{Batcher, PollCtx};
+use super::batcher::{Batcher, Batchers, PollCtx};
 use super::buffers::BufferPool;
 use super::connection::{Connection, Phase, LINGER_TIME};
-use super::engine::{Engine, EngineKind, Event};
-use super::mesh::{Inbox, Mailbox, Mesh, ShardMsg, Snapshot};
+use super::engine::{Doorbell, Engine, EngineKind, Event};
+use super::mesh::{Inbox, Mailbox, ManagerMsg, Mesh, ShardMsg, Snapshot};
 use crate::config::HttpConfig;
 use crate::error::ApiError;
 use crate::http::{Limits, Responder, ResponseMode};
@@ -92,6 +92,10 @@ pub(crate) struct ShardSetup {
     pub buffer_budget: u64,
     /// Every shard's mesh mailbox, by shard id.
     pub peers: Vec<Mailbox>,
+    /// Where repository calls go to the model manager.
+    pub manager: channel::Sender<ManagerMsg>,
+    /// The restricted repository API's key header, if any.
+    pub api_key_header: Option<&'static str>,
     /// Reports `Ok(id)` once serving, or why the shard could not start.
     pub started: channel::Sender<Result<usize, String>>,
 }
@@ -111,8 +115,12 @@ pub(crate) struct Pools {
 pub(crate) struct Core {
     pub id: usize,
     pub service: ShardService,
-    /// One per registry model, in registry order.
-    pub batchers: Vec<Batcher>,
+    /// One per model slot the shard holds.
+    pub batchers: Batchers,
+    /// Slots gone from the served generation whose batchers still hold requests.
+    retiring: Vec<usize>,
+    cpu: usize,
+    bell: Arc<Doorbell>,
     pub mesh: Mesh,
     pub pools: Pools,
     pub limits: Limits,
@@ -135,11 +143,12 @@ impl Core {
             Gather::Stats { .. } => Snapshot::Stats(self.service.stats_snapshot()),
             Gather::Metrics => {
                 let mut m = self.service.metrics().snapshot(self.id);
-                m.queue_depth = self
-                    .batchers
-                    .iter()
-                    .map(|b| b.outstanding() as u64)
-                    .collect();
+                for b in self.batchers.iter() {
+                    if m.queue_depth.len() <= b.slot() {
+                        m.queue_depth.resize(b.slot() + 1, 0);
+                    }
+                    m.queue_depth[b.slot()] = b.outstanding() as u64;
+                }
                 m.connections_open = self.open as u64;
                 m.connections_accepted = self.accepted;
                 for pool in [&self.pools.read, &self.pools.write, &*self.pools.tensor] {
@@ -160,9 +169,56 @@ impl Core {
     /// A client may have left a parked request: the batchers look for gone clients.
     pub(crate) fn client_gone(&mut self) {
         self.gone_epoch = self.gone_epoch.wrapping_add(1);
-        for b in &mut self.batchers {
+        for b in self.batchers.iter_mut() {
             b.on_gone();
         }
+    }
+
+    /// Switches to a newly published generation of the models: a batcher for each new version
+    /// (a model whose batcher cannot start is logged, and its requests answered 503), and the
+    /// versions gone from it retire: no new request reaches them, connections resting in their
+    /// lines are let go, and each is dropped once it has answered what it holds.
+    pub(crate) fn publish(&mut self, state: Arc<ServiceState>) {
+        let gone = self.service.publish(state);
+        let state = self.service.state();
+        for entry in state.registry().entries() {
+            if self.batchers.get(entry.index).is_some() {
+                continue;
+            }
+            match Batcher::new(entry, self.cpu, &self.bell) {
+                Ok(b) => self.batchers.insert(b),
+                Err(e) => {
+                    warn!(shard = self.id, error = %e, "a model version cannot be served on this shard")
+                }
+            }
+        }
+        for slot in gone {
+            if !self.retiring.contains(&slot) {
+                self.retiring.push(slot);
+            }
+        }
+        self.retire_idle();
+    }
+
+    /// Drops the retiring batchers that hold nothing any more, with their statistics and
+    /// metrics.
+    pub(crate) fn retire_idle(&mut self) {
+        let (batchers, service) = (&mut self.batchers, &mut self.service);
+        self.retiring.retain(|&slot| {
+            let idle = batchers
+                .get(slot)
+                .is_none_or(|b| b.is_idle() && !b.has_line());
+            if idle {
+                drop(batchers.remove(slot));
+                service.forget(slot);
+            }
+            !idle
+        });
+    }
+
+    /// Whether versions are retiring.
+    fn has_retiring(&self) -> bool {
+        !self.retiring.is_empty()
     }
 }
 
@@ -217,6 +273,8 @@ impl Shard {
             http,
             inbox,
             peers,
+            manager,
+            api_key_header,
             busy_poll_us,
             buffer_budget,
             started: _,
@@ -224,9 +282,9 @@ impl Shard {
         let listener: OwnedFd = listener.into();
         let engine = Engine::new(engine, listener.as_raw_fd(), inbox.bell.as_raw_fd())
             .map_err(|e| format!("cannot set up the {engine} engine: {e}"))?;
-        let mut batchers = Vec::new();
+        let mut batchers = Batchers::default();
         for entry in state.registry().entries() {
-            batchers.push(Batcher::new(entry, cpu, &inbox.bell)?);
+            batchers.insert(Batcher::new(entry, cpu, &inbox.bell)?);
         }
         let models: Vec<String> = state
             .registry()
@@ -235,7 +293,7 @@ impl Shard {
             .map(|e| format!("{} ({})", e.name(), e.serving.placement))
             .collect();
         info!(shard = id, cpu, %address, models = %models.join(", "), "shard serving");
-        let mesh = Mesh::new(id, peers, inbox.mesh.clone());
+        let mesh = Mesh::new(id, peers, inbox.mesh.clone()).with_manager(manager);
         Ok(Shard {
             engine,
             listener: Some(listener),
@@ -244,6 +302,9 @@ impl Shard {
                 id,
                 service: ShardService::new(state),
                 batchers,
+                retiring: Vec::new(),
+                cpu,
+                bell: inbox.bell.clone(),
                 mesh,
                 pools: Pools {
                     read: BufferPool::new(READ_BUFFER_BYTES),
@@ -254,6 +315,7 @@ impl Shard {
                 limits: Limits {
                     max_header_bytes: http.max_header_bytes,
                     max_body_bytes: http.max_body_bytes,
+                    api_key_header,
                 },
                 gone_epoch: 0,
                 ready: Vec::new(),
@@ -341,7 +403,7 @@ impl Shard {
             return Duration::ZERO;
         }
         let mut until = next_tick;
-        for b in &self.core.batchers {
+        for b in self.core.batchers.iter() {
             if let Some(t) = b.wake_at() {
                 until = until.min(t);
             }
@@ -434,8 +496,17 @@ impl Shard {
 
     fn on_doorbell(&mut self) {
         while let Ok(msg) = self.inbox.control.try_recv() {
-            if let ShardMsg::Drain { deadline } = msg {
-                self.begin_drain(deadline);
+            match msg {
+                ShardMsg::Drain { deadline } => self.begin_drain(deadline),
+                ShardMsg::Publish { state, ack } => {
+                    self.core.publish(state);
+                    let _ = ack.try_send(self.core.id);
+                }
+                ShardMsg::RepositoryReply { ticket, result } => {
+                    let core = &mut self.core;
+                    core.mesh.on_call_reply(ticket, result, &mut core.ready);
+                }
+                other => debug_assert!(false, "{other:?} travels the mesh, not the control inbox"),
             }
         }
         while let Some(msg) = self.core.mesh.try_recv() {
@@ -448,12 +519,12 @@ impl Shard {
                     let core = &mut self.core;
                     core.mesh.on_reply(ticket, snapshot, &mut core.ready);
                 }
-                ShardMsg::Drain { .. } => {
-                    debug_assert!(false, "Drain travels the control inbox, never the mesh")
+                other => {
+                    debug_assert!(false, "{other:?} travels the control inbox, never the mesh")
                 }
             }
         }
-        for b in &mut self.core.batchers {
+        for b in self.core.batchers.iter_mut() {
             b.on_doorbell();
         }
     }
@@ -477,7 +548,7 @@ impl Shard {
                 gone_epoch: core.gone_epoch,
                 ready: &mut core.ready,
             };
-            for b in &mut core.batchers {
+            for b in core.batchers.iter_mut() {
                 if b.is_dirty() || b.wake_at().is_some_and(|t| t <= now) {
                     b.poll(now, &mut ctx);
                 }
@@ -500,6 +571,9 @@ impl Shard {
 
     /// Reads again from the connections that the saturated models' lines let go.
     fn release_lines(&mut self) {
+        if self.core.has_retiring() {
+            self.core.retire_idle();
+        }
         if self.drain_deadline.is_none() && !self.core.batchers.iter().any(Batcher::has_line) {
             return;
         }
@@ -507,8 +581,10 @@ impl Shard {
         let mut released = std::mem::take(&mut self.released);
         let conns = &self.conns;
         let resting = |key: usize, id: u64| conns.get(key).is_some_and(|c| c.is_resting(id));
-        for b in &mut self.core.batchers {
-            if self.drain_deadline.is_some() {
+        for b in self.core.batchers.iter_mut() {
+            // A retiring version takes no new request: its resting connections read again and
+            // find the versions served now.
+            if self.drain_deadline.is_some() || self.core.retiring.contains(&b.slot()) {
                 b.release_all(&mut released);
             } else {
                 b.release(now, &mut released, resting);

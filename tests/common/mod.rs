@@ -540,3 +540,51 @@ pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     kb / 1024.0
 }
+
+/// Writes the test model repository (`tests/models/make_repository.py`) under a fresh folder.
+pub fn make_repository(tag: &str) -> std::path::PathBuf {
+    make_repository_with(tag, &[])
+}
+
+/// As [`make_repository`], with the script's extra arguments.
+pub fn make_repository_with(tag: &str, args: &[&str]) -> std::path::PathBuf {
+    ensure_python("onnx, numpy", &["onnx", "numpy"]);
+    let out = std::env::temp_dir().join(format!("friday-models-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/models/make_repository.py"
+    );
+    let made = Command::new("python3")
+        .arg(script)
+        .arg(&out)
+        .args(args)
+        .output()
+        .expect("run make_repository.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    out
+}
+
+/// Adds version `version` of `linear` to a repository [`make_repository`] wrote under `out`
+/// (renamed into place whole).
+pub fn add_linear_version(out: &std::path::Path, version: u64) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/models/make_repository.py"
+    );
+    let made = Command::new("python3")
+        .arg(script)
+        .arg(out)
+        .args(["--linear-version", &version.to_string()])
+        .output()
+        .expect("run make_repository.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}

@@ -2,12 +2,16 @@
 parameters the references are computed from (numpy, independently of any ONNX runtime).
 
 Usage: python3 make_repository.py DIR [--wide]
+       python3 make_repository.py DIR --linear-version N
   DIR/repository/...   the model repository
   DIR/params.npz       the weights, for the references
 
+--linear-version N adds version N of linear to an existing DIR (its bias is b1 + N - 1), written
+aside and renamed into place, so a server polling the repository never sees half a version.
+
 Models:
   linear       y = relu(x @ W + b), x FP32 [batch, 4] -> y FP32 [batch, 3]; versions 1 and 2
-               (2 has another bias; Triton's default policy serves only the newest)
+               (version v has bias b1 + v - 1; Triton's default policy serves only the newest)
   addsub       INT64 a, b [batch, 8] -> sum = a + b, diff = a - b (INT64, computed in 32 bits)
   fixed        x FP32 [2, 2] -> y = 2 x, no batch dimension
   broken       a model file that is not ONNX
@@ -87,8 +91,20 @@ def wide(w):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def add_linear_version(out, version):
+    p = np.load(os.path.join(out, "params.npz"))
+    bias = (p["b1"] + np.float32(version - 1)).astype(np.float32)
+    aside = os.path.join(out, "repository", "linear", f".incoming-{version}")
+    save(linear(p["w"], bias), os.path.join(aside, "model.onnx"))
+    os.rename(aside, os.path.join(out, "repository", "linear", str(version)))
+    print(f"added linear version {version}")
+
+
 def main():
     out = sys.argv[1]
+    if "--linear-version" in sys.argv[2:]:
+        add_linear_version(out, int(sys.argv[sys.argv.index("--linear-version") + 1]))
+        return
     repo = os.path.join(out, "repository")
     rng = np.random.default_rng(7)
     w = rng.standard_normal((4, 3)).astype(np.float32)
@@ -108,7 +124,7 @@ def main():
     if "--wide" in sys.argv[2:]:
         big = rng.standard_normal((2048, 4096)).astype(np.float32)
         save(wide(big), os.path.join(repo, "wide", "1", "model.onnx"))
-    np.savez(os.path.join(out, "params.npz"), w=w, b=b2)
+    np.savez(os.path.join(out, "params.npz"), w=w, b=b2, b1=b1)
     print(f"wrote {repo}")
 
 

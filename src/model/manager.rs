@@ -1,0 +1,596 @@
+//! The model manager's state: what is loaded from the repository, and the operations that change
+//! it (load, reload, unload, poll) and read it (the repository index).
+//!
+//! It runs on a control-plane thread (see `runtime::models`), never on a shard: loading a model
+//! (reading, parsing, warming up) takes milliseconds to seconds. Each operation either succeeds
+//! and yields a new [`ModelRegistry`] to publish, or fails and leaves what was serving in place.
+//!
+//! Every served version is a slot ([`ModelEntry::index`]), unique for the life of the process.
+//! A reload keeps the slot of a version whose file and settings did not change (it goes on
+//! serving, statistics and all, with no gap) and gives a changed or new version a new slot;
+//! shards switch to the new slots at a batch boundary and drop an old one after its last request
+//! is answered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::onnx::OnnxModel;
+use super::registry::{builtin_models, BUILTIN_VERSION, DEFAULT_PLACEMENT_HEAVY};
+use super::repository::{self, ModelFolder};
+use super::{Model, ModelEntry, ModelRegistry, Serving};
+use crate::config::{Config, DynamicBatching, ModelControlMode, ModelSettings, VersionPolicy};
+use crate::error::{ApiError, StartupError};
+use crate::tensor::{DataType, Tensor};
+
+/// What identifies a loaded version's inputs: its file (path, size, modification time) and the
+/// settings it was loaded with. A reload keeps a version whose fingerprint did not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    file: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+    settings: ModelSettings,
+}
+
+impl Fingerprint {
+    fn of(file: &Path, settings: &ModelSettings) -> Result<Self, String> {
+        let meta =
+            std::fs::metadata(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        Ok(Fingerprint {
+            file: file.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            settings: settings.clone(),
+        })
+    }
+}
+
+/// One loaded version.
+struct Version {
+    entry: Arc<ModelEntry>,
+    fingerprint: Fingerprint,
+}
+
+/// A repository model's load state.
+enum State {
+    /// Serving these versions (oldest first).
+    Ready(Vec<Version>),
+    /// Not serving: unloaded, or its load failed (the reason, and the folder's stamp then, so
+    /// that polling retries it only once something in its folder changed).
+    Unavailable(String, Option<Stamp>),
+}
+
+/// The files of a model folder as they were at one moment: each version's model file's size and
+/// modification time, and the config's.
+type Stamp = Vec<(u64, Option<(u64, Option<SystemTime>)>)>;
+
+/// `folder`'s stamp now.
+fn stamp(root: &Path, folder: &ModelFolder) -> Stamp {
+    let file_stamp = |f: &Path| {
+        std::fs::metadata(f)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut s: Stamp = folder
+        .versions
+        .iter()
+        .map(|&v| (v, folder.file(root, v).ok().and_then(|f| file_stamp(&f))))
+        .collect();
+    if let Some(c) = &folder.config {
+        s.push((u64::MAX, file_stamp(c)));
+    }
+    s
+}
+
+/// One row of the repository index (`POST /v2/repository/index`), as Triton writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version (absent for a model with no version loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `READY` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why it is unavailable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A `load` request's configuration override (the `config` parameter, Triton's JSON model
+/// configuration). friday acts on `max_batch_size`, `dynamic_batching` and `version_policy`;
+/// anything else is reported as ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigOverride {
+    settings: ModelSettings,
+    /// Fields present but not acted on.
+    pub ignored: Vec<String>,
+}
+
+impl ConfigOverride {
+    /// Parses the `config` parameter's JSON text.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let doc: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| {
+                ApiError::invalid(format!("the config parameter is not a JSON object: {e}"))
+            })?;
+        let mut o = ConfigOverride::default();
+        for (key, value) in doc {
+            let bad = |e: serde_json::Error| {
+                ApiError::invalid(format!("the config parameter's '{key}' is not valid: {e}"))
+            };
+            match key.as_str() {
+                "max_batch_size" => {
+                    o.settings.max_batch_size = Some(serde_json::from_value(value).map_err(bad)?);
+                }
+                "dynamic_batching" => {
+                    o.settings.dynamic_batching =
+                        Some(serde_json::from_value::<DynamicBatching>(value).map_err(bad)?);
+                }
+                "version_policy" => {
+                    o.settings.version_policy =
+                        Some(serde_json::from_value::<VersionPolicy>(value).map_err(bad)?);
+                }
+                // The model is named by the URL; the backend is the only one friday has.
+                "name" | "platform" | "backend" => {}
+                _ => o.ignored.push(key),
+            }
+        }
+        Ok(o)
+    }
+
+    /// `base` with this override's settings applied.
+    fn apply(&self, mut base: ModelSettings) -> ModelSettings {
+        let s = &self.settings;
+        if s.max_batch_size.is_some() {
+            base.max_batch_size = s.max_batch_size;
+        }
+        if s.dynamic_batching.is_some() {
+            base.dynamic_batching = s.dynamic_batching.clone();
+        }
+        if s.version_policy.is_some() {
+            base.version_policy = s.version_policy.clone();
+        }
+        base
+    }
+}
+
+/// The model manager's state (see the module docs). Owned by the control-plane thread.
+pub struct ModelManager {
+    config: Config,
+    /// The repository, resolved.
+    root: Option<PathBuf>,
+    builtins: Vec<Arc<ModelEntry>>,
+    models: BTreeMap<String, State>,
+    next_slot: usize,
+}
+
+impl ModelManager {
+    /// The manager at start: the built-in models and, from the repository, every model (modes
+    /// `none` and `poll`) or those `model_control.load` names (`explicit`). A model that cannot
+    /// load is logged with the reason and not served; the others are.
+    pub fn start(config: &Config) -> Result<Self, StartupError> {
+        let builtins: Vec<Arc<ModelEntry>> = builtin_models(config)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (model, settings, placement))| {
+                let serving = Serving::new(model.as_ref(), &settings, placement);
+                Arc::new(ModelEntry::new(i, BUILTIN_VERSION, model, serving))
+            })
+            .collect();
+        let root = match &config.model_repository {
+            Some(dir) => Some(repository::root(dir).map_err(StartupError::new)?),
+            None => None,
+        };
+        let mut m = ModelManager {
+            config: config.clone(),
+            root,
+            next_slot: builtins.len(),
+            builtins,
+            models: BTreeMap::new(),
+        };
+        if m.root.is_some() {
+            let explicit = config.model_control.mode == ModelControlMode::Explicit;
+            let all = !explicit || config.model_control.load.iter().any(|n| n == "*");
+            let names: Vec<String> = if all {
+                m.scan_names()?
+            } else {
+                config.model_control.load.clone()
+            };
+            for name in names {
+                if let Err(e) = m.load(&name, None) {
+                    tracing::error!(model = %name, reason = %e.message, "model not loaded");
+                }
+            }
+            for (name, why) in m.scan_failures() {
+                tracing::error!(model = %name, reason = %why, "model not loaded");
+                if repository::valid_model_name(&name) {
+                    m.models.insert(name, State::Unavailable(why, None));
+                }
+            }
+        }
+        let served = m.registry();
+        for name in config.models.keys() {
+            if !served.serves(name) && !m.models.contains_key(name) {
+                tracing::warn!(model = %name, "[models.{name}] names no model this server serves");
+            }
+        }
+        Ok(m)
+    }
+
+    /// The control mode.
+    pub fn mode(&self) -> ModelControlMode {
+        self.config.model_control.mode
+    }
+
+    /// What is served now.
+    pub fn registry(&self) -> ModelRegistry {
+        let mut entries: Vec<Arc<ModelEntry>> = Vec::new();
+        for state in self.models.values() {
+            if let State::Ready(versions) = state {
+                entries.extend(versions.iter().map(|v| v.entry.clone()));
+            }
+        }
+        // A repository model takes the place of a built-in of the same name.
+        let shadowed = |name: &str| matches!(self.models.get(name), Some(State::Ready(_)));
+        entries.extend(
+            self.builtins
+                .iter()
+                .filter(|b| !shadowed(b.name()))
+                .cloned(),
+        );
+        ModelRegistry::new(entries)
+    }
+
+    /// The repository's model names (folders that scan as models or fail to).
+    fn scan_names(&self) -> Result<Vec<String>, StartupError> {
+        let Some(root) = &self.root else {
+            return Ok(Vec::new());
+        };
+        let scan = repository::scan(root).map_err(StartupError::new)?;
+        Ok(scan.found.into_iter().map(|f| f.name).collect())
+    }
+
+    /// Folders of the repository that cannot be models, with why.
+    fn scan_failures(&self) -> Vec<(String, String)> {
+        let Some(root) = &self.root else {
+            return Vec::new();
+        };
+        repository::scan(root).map(|s| s.failed).unwrap_or_default()
+    }
+
+    /// The repository index: every model folder and built-in model, with its versions' state.
+    /// `ready_only` lists only what serves.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows = Vec::new();
+        let mut names: Vec<String> = self.models.keys().cloned().collect();
+        if let Some(root) = &self.root {
+            if let Ok(scan) = repository::scan(root) {
+                names.extend(scan.found.into_iter().map(|f| f.name));
+                names.extend(
+                    scan.failed
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| repository::valid_model_name(n)),
+                );
+            }
+        }
+        let served = self.registry();
+        names.extend(served.entries().iter().map(|e| e.name().to_string()));
+        names.sort();
+        names.dedup();
+        for name in names {
+            let versions: Vec<&ModelEntry> = served.versions(&name).collect();
+            if !versions.is_empty() {
+                rows.extend(versions.iter().map(|e| IndexEntry {
+                    name: name.clone(),
+                    version: Some(e.version.clone()),
+                    state: "READY",
+                    reason: String::new(),
+                }));
+                continue;
+            }
+            if ready_only {
+                continue;
+            }
+            let reason = match self.models.get(&name) {
+                Some(State::Unavailable(why, _)) => why.clone(),
+                _ => "not loaded".to_string(),
+            };
+            rows.push(IndexEntry {
+                name,
+                version: None,
+                state: "UNAVAILABLE",
+                reason,
+            });
+        }
+        rows
+    }
+
+    /// Loads (or reloads) repository model `name`: reads its folder, loads the versions its
+    /// policy serves (keeping those that did not change), warms each new one up, and only then
+    /// makes them the model's versions. On failure what was serving stays, and the reason is
+    /// kept for the index.
+    pub fn load(&mut self, name: &str, config: Option<&ConfigOverride>) -> Result<(), ApiError> {
+        let Some(root) = self.root.clone() else {
+            return Err(ApiError::invalid(
+                "this server has no model repository (--model-repository)",
+            ));
+        };
+        match self.load_versions(&root, name, config) {
+            Ok(versions) => {
+                self.models.insert(name.to_string(), State::Ready(versions));
+                Ok(())
+            }
+            Err(why) => {
+                let message = format!("failed to load '{name}': {why}");
+                match self.models.get(name) {
+                    Some(State::Ready(_)) => {
+                        tracing::warn!(model = %name, reason = %why, "reload failed; the loaded versions keep serving");
+                    }
+                    _ => {
+                        if repository::valid_model_name(name) {
+                            let stamp = repository::scan_model(&root, name)
+                                .ok()
+                                .map(|f| stamp(&root, &f));
+                            self.models
+                                .insert(name.to_string(), State::Unavailable(why.clone(), stamp));
+                        }
+                    }
+                }
+                Err(if why.starts_with("no model folder") {
+                    ApiError::not_found(message)
+                } else {
+                    ApiError::invalid(message)
+                })
+            }
+        }
+    }
+
+    fn load_versions(
+        &mut self,
+        root: &Path,
+        name: &str,
+        config: Option<&ConfigOverride>,
+    ) -> Result<Vec<Version>, String> {
+        let folder = repository::scan_model(root, name)?;
+        if let Some(cfg) = &folder.config {
+            tracing::warn!(
+                model = %name,
+                config = %cfg.display(),
+                "config.pbtxt is not read yet: the configuration is completed from the ONNX \
+                 graph, [models.<name>] in friday's config and the load request's config"
+            );
+        }
+        let settings = match config {
+            Some(o) => {
+                for field in &o.ignored {
+                    tracing::warn!(model = %name, field = %field, "configuration field ignored: friday does not act on it");
+                }
+                o.apply(self.config.model(name))
+            }
+            None => self.config.model(name),
+        };
+        let policy = settings.version_policy.clone().unwrap_or_default();
+        let chosen = policy.choose(&folder.versions);
+        if chosen.is_empty() {
+            return Err(format!(
+                "its version policy serves none of its versions ({:?})",
+                folder.versions
+            ));
+        }
+        let previous: Vec<&Version> = match self.models.get(name) {
+            Some(State::Ready(v)) => v.iter().collect(),
+            _ => Vec::new(),
+        };
+        let mut kept = Vec::new();
+        let mut fresh = Vec::new();
+        for version in chosen {
+            let file = folder.file(root, version)?;
+            let fingerprint = Fingerprint::of(&file, &settings)?;
+            let label = version.to_string();
+            if let Some(old) = previous
+                .iter()
+                .find(|v| v.entry.version == label && v.fingerprint == fingerprint)
+            {
+                kept.push(Version {
+                    entry: old.entry.clone(),
+                    fingerprint,
+                });
+                continue;
+            }
+            fresh.push((version, file, fingerprint));
+        }
+        let mut versions = kept;
+        for (version, file, fingerprint) in fresh {
+            let entry = self.load_version(&folder, version, &file, &settings)?;
+            versions.push(Version { entry, fingerprint });
+        }
+        versions.sort_by_key(|v| v.entry.version_number());
+        Ok(versions)
+    }
+
+    fn load_version(
+        &mut self,
+        folder: &ModelFolder,
+        version: u64,
+        file: &Path,
+        settings: &ModelSettings,
+    ) -> Result<Arc<ModelEntry>, String> {
+        let started = Instant::now();
+        let before = resident_bytes();
+        let model = OnnxModel::load(file, &folder.name, settings.max_batch_size)
+            .map_err(|e| format!("version {version}: {e}"))?;
+        let model: Arc<dyn Model> = Arc::new(model);
+        let serving = Serving::new(model.as_ref(), settings, DEFAULT_PLACEMENT_HEAVY);
+        let loaded = started.elapsed();
+        warm_up(model.as_ref(), &serving)
+            .map_err(|e| format!("version {version}: warm-up: {e}"))?;
+        let resident = resident_bytes().saturating_sub(before);
+        let mut entry = ModelEntry::new(self.next_slot, &version.to_string(), model, serving);
+        entry.resident_bytes = resident;
+        self.next_slot += 1;
+        tracing::info!(
+            model = %folder.name,
+            version,
+            file = %file.display(),
+            load_ms = loaded.as_millis() as u64,
+            ready_ms = started.elapsed().as_millis() as u64,
+            resident_mib = resident >> 20,
+            "model loaded"
+        );
+        Ok(Arc::new(entry))
+    }
+
+    /// Unloads repository model `name` (a model that is not loaded unloads as a no-op, as in
+    /// Triton). Returns whether anything was serving.
+    pub fn unload(&mut self, name: &str) -> Result<bool, ApiError> {
+        if !repository::valid_model_name(name) {
+            return Err(ApiError::invalid(format!(
+                "'{name}' cannot name a model: use letters, digits, '_', '-' and '.' only"
+            )));
+        }
+        if !self.models.contains_key(name) && self.builtins.iter().any(|b| b.name() == name) {
+            return Err(ApiError::invalid(format!(
+                "'{name}' is a built-in model: it is always served"
+            )));
+        }
+        let was = matches!(self.models.get(name), Some(State::Ready(_)));
+        self.models.insert(
+            name.to_string(),
+            State::Unavailable("unloaded".to_string(), None),
+        );
+        Ok(was)
+    }
+
+    /// Poll mode: rescans the repository. New models load, models whose files or versions
+    /// changed reload, models whose folder went unload. Returns whether what is served changed.
+    pub fn poll(&mut self) -> bool {
+        let Some(root) = self.root.clone() else {
+            return false;
+        };
+        let Ok(scan) = repository::scan(&root) else {
+            tracing::warn!(repository = %root.display(), "cannot scan the model repository");
+            return false;
+        };
+        let before: Vec<usize> = self.registry().entries().iter().map(|e| e.index).collect();
+        for folder in &scan.found {
+            if !self.changed(&root, folder) {
+                continue;
+            }
+            if let Err(e) = self.load(&folder.name, None) {
+                tracing::error!(model = %folder.name, reason = %e.message, "model not loaded");
+            }
+        }
+        let present: Vec<&str> = scan
+            .found
+            .iter()
+            .map(|f| f.name.as_str())
+            .chain(scan.failed.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        let gone: Vec<String> = self
+            .models
+            .iter()
+            .filter(|(n, s)| matches!(s, State::Ready(_)) && !present.contains(&n.as_str()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(model = %name, "model folder removed; unloading");
+            let _ = self.unload(&name);
+        }
+        let after: Vec<usize> = self.registry().entries().iter().map(|e| e.index).collect();
+        before != after
+    }
+
+    /// Whether model `folder` would load differently from what serves (or failed) now.
+    fn changed(&self, root: &Path, folder: &ModelFolder) -> bool {
+        let settings = self.config.model(&folder.name);
+        let chosen = settings
+            .version_policy
+            .clone()
+            .unwrap_or_default()
+            .choose(&folder.versions);
+        match self.models.get(&folder.name) {
+            Some(State::Ready(versions)) => {
+                versions.len() != chosen.len()
+                    || versions.iter().zip(&chosen).any(|(v, &n)| {
+                        v.entry.version != n.to_string()
+                            || folder
+                                .file(root, n)
+                                .and_then(|f| Fingerprint::of(&f, &settings))
+                                .map_or(true, |f| f != v.fingerprint)
+                    })
+            }
+            // A failed model is retried only once something in its folder changed.
+            Some(State::Unavailable(_, Some(then))) => *then != stamp(root, folder),
+            _ => true,
+        }
+    }
+}
+
+/// Runs `model` once per batch size its batcher will use (1, the preferred sizes, the maximum)
+/// on zero-filled inputs (each dynamic dimension 1), so that the first requests find it warm and
+/// a model that cannot run fails its load instead of its requests.
+fn warm_up(model: &dyn Model, serving: &Serving) -> Result<(), String> {
+    let meta = model.metadata();
+    let mut sizes: Vec<usize> = if meta.max_batch_size > 0 {
+        let mut s = vec![1, serving.policy.max_batch_size];
+        s.extend(&serving.policy.preferred_batch_sizes);
+        s
+    } else {
+        vec![0]
+    };
+    sizes.sort_unstable();
+    sizes.dedup();
+    for batch in sizes {
+        let inputs: Vec<Tensor<'static>> = meta
+            .inputs
+            .iter()
+            .map(|spec| {
+                let mut shape: crate::tensor::Shape = smallvec::SmallVec::new();
+                if batch > 0 {
+                    shape.push(batch);
+                }
+                shape.extend(
+                    spec.dims
+                        .iter()
+                        .map(|&d| if d < 0 { 1 } else { d as usize }),
+                );
+                let count: usize = shape.iter().product();
+                let bytes = match spec.datatype {
+                    // One empty string per element: a 4-byte zero length.
+                    DataType::Bytes => count * 4,
+                    t => count * t.element_size().unwrap_or(1),
+                };
+                Tensor {
+                    datatype: spec.datatype,
+                    shape,
+                    data: std::borrow::Cow::Owned(vec![0u8; bytes]),
+                }
+            })
+            .collect();
+        model
+            .infer(&inputs)
+            .map_err(|e| format!("batch size {}: {e}", batch.max(1)))?;
+    }
+    Ok(())
+}
+
+/// The process's resident memory, in bytes (0 where `/proc` cannot tell).
+pub fn resident_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
