@@ -183,6 +183,31 @@ pub struct ModelSettings {
     pub cost_per_item_us: Option<u64>,
 }
 
+impl ModelSettings {
+    /// These settings with every value `over` sets taken from `over`.
+    pub fn overridden_by(mut self, over: &ModelSettings) -> ModelSettings {
+        if over.max_batch_size.is_some() {
+            self.max_batch_size = over.max_batch_size;
+        }
+        if over.placement.is_some() {
+            self.placement = over.placement;
+        }
+        if over.dynamic_batching.is_some() {
+            self.dynamic_batching = over.dynamic_batching.clone();
+        }
+        if over.version_policy.is_some() {
+            self.version_policy = over.version_policy.clone();
+        }
+        if over.cost_per_batch_us.is_some() {
+            self.cost_per_batch_us = over.cost_per_batch_us;
+        }
+        if over.cost_per_item_us.is_some() {
+            self.cost_per_item_us = over.cost_per_item_us;
+        }
+        self
+    }
+}
+
 /// Triton's `version_policy`, by the same names: `{ latest = { num_versions = 2 } }`,
 /// `{ all = {} }` or `{ specific = { versions = [1, 3] } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

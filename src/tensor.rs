@@ -90,6 +90,14 @@ impl DataType {
             .map(|(d, _, _)| *d)
     }
 
+    /// Parses Triton's model-configuration name (`"TYPE_FP32"`).
+    pub fn from_config_name(name: &str) -> Option<DataType> {
+        NAMES
+            .iter()
+            .find(|(_, _, n)| *n == name)
+            .map(|(d, _, _)| *d)
+    }
+
     /// The protocol name (`"FP32"`).
     pub fn name(self) -> &'static str {
         NAMES[self as usize].1

@@ -306,6 +306,16 @@ fn a_version_folder_added_while_clients_send_serves_in_poll_mode() {
     });
     // The metadata of one shard switched; the other takes at most one publish round more.
     check_swap(&answers, began, ended, Duration::from_millis(100), "poll");
+    // A config.pbtxt written beside it reloads the model with its settings.
+    std::fs::write(repo.join("linear/config.pbtxt"), "max_batch_size: 2\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.client().get("/v2/models/linear/config").json()["max_batch_size"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new config.pbtxt did not apply within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A removed model folder unloads on the next poll.
     std::fs::remove_dir_all(repo.join("addsub")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

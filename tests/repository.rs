@@ -1,7 +1,8 @@
 //! A Triton-layout model repository of ONNX models, served on rten: a repository written by
-//! `tests/models/make_repository.py` (Python's `onnx` package), checked through NVIDIA's
-//! tritonclient against numpy references by `tests/conformance/repository_conformance.py`, with 1
-//! and 2 shards. Models that cannot load (a file that is not ONNX, an operator nobody has) are
+//! `tests/models/make_repository.py` (Python's `onnx` package), with and without `config.pbtxt`
+//! files, checked through NVIDIA's tritonclient against numpy references by
+//! `tests/conformance/repository_conformance.py`, with 1 and 2 shards. Models that cannot load (a
+//! file that is not ONNX, an operator nobody has, a malformed or mistaken config.pbtxt) are
 //! logged with the reason and not served, while the others are.
 
 mod common;
@@ -34,6 +35,23 @@ fn a_triton_repository_of_onnx_models_serves_through_tritonclient() {
         assert!(broken.contains("not a valid ONNX model"), "{broken}");
         let unsupported = not_loaded(logs, "unsupported").expect("the unsupported one too");
         assert!(unsupported.contains("NoSuchOperator"), "{unsupported}");
+        let malformed = not_loaded(logs, "malformed").expect("a malformed config.pbtxt too");
+        assert!(
+            malformed.contains("config.pbtxt: line 3, column 52"),
+            "{malformed}"
+        );
+        let mistyped = not_loaded(logs, "mistyped").expect("a config at odds with the model");
+        assert!(
+            mistyped.contains("TYPE_FP32 in the model but TYPE_INT32 in config.pbtxt"),
+            "{mistyped}"
+        );
+        assert!(
+            logs.iter().any(|l| l["message"]
+                == "config.pbtxt field ignored: friday does not act on it"
+                && l["model"] == "addsub"
+                && l["field"] == "instance_group"),
+            "a field friday does not act on is logged"
+        );
         let run = Command::new("python3")
             .arg(script)
             .arg(s.addr.to_string())

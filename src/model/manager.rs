@@ -19,6 +19,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::onnx::OnnxModel;
+use super::pbtxt::{self, ModelConfigFile, WarmupData, WarmupSample};
 use super::registry::{builtin_models, BUILTIN_VERSION, DEFAULT_PLACEMENT_HEAVY};
 use super::repository::{self, ModelFolder};
 use super::{Model, ModelEntry, ModelRegistry, Serving};
@@ -33,20 +34,38 @@ struct Fingerprint {
     file: PathBuf,
     len: u64,
     modified: Option<SystemTime>,
+    /// The `config.pbtxt` it was loaded with (size and modification time).
+    config: Option<(u64, Option<SystemTime>)>,
     settings: ModelSettings,
 }
 
 impl Fingerprint {
-    fn of(file: &Path, settings: &ModelSettings) -> Result<Self, String> {
+    fn of(file: &Path, folder: &ModelFolder, settings: &ModelSettings) -> Result<Self, String> {
         let meta =
             std::fs::metadata(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
         Ok(Fingerprint {
             file: file.to_path_buf(),
             len: meta.len(),
             modified: meta.modified().ok(),
+            config: folder.config.as_deref().and_then(file_stamp),
             settings: settings.clone(),
         })
     }
+}
+
+/// A file's size and modification time.
+fn file_stamp(f: &Path) -> Option<(u64, Option<SystemTime>)> {
+    std::fs::metadata(f)
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()))
+}
+
+/// What loading a model folder takes: its configuration file, the settings it is served with,
+/// and the versions its policy serves (number, file, fingerprint).
+struct Plan {
+    file: ModelConfigFile,
+    settings: ModelSettings,
+    versions: Vec<(u64, PathBuf, Fingerprint)>,
 }
 
 /// One loaded version.
@@ -59,29 +78,34 @@ struct Version {
 enum State {
     /// Serving these versions (oldest first).
     Ready(Vec<Version>),
-    /// Not serving: unloaded, or its load failed (the reason, and the folder's stamp then, so
-    /// that polling retries it only once something in its folder changed).
-    Unavailable(String, Option<Stamp>),
+    /// Not serving: unloaded, or its load failed (the reason).
+    Unavailable(String),
 }
 
-/// The files of a model folder as they were at one moment: each version's model file's size and
-/// modification time, and the config's.
-type Stamp = Vec<(u64, Option<(u64, Option<SystemTime>)>)>;
+/// The files of a model folder as they were at one moment: each version folder's files' sizes
+/// and modification times, and the config's.
+type Stamp = Vec<(u64, Vec<(u64, Option<SystemTime>)>)>;
 
 /// `folder`'s stamp now.
-fn stamp(root: &Path, folder: &ModelFolder) -> Stamp {
-    let file_stamp = |f: &Path| {
-        std::fs::metadata(f)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
+fn stamp(folder: &ModelFolder) -> Stamp {
+    let dir_stamp = |d: &Path| -> Vec<(u64, Option<SystemTime>)> {
+        let mut files: Vec<_> = std::fs::read_dir(d)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter_map(|e| file_stamp(&e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
     };
     let mut s: Stamp = folder
         .versions
         .iter()
-        .map(|&v| (v, folder.file(root, v).ok().and_then(|f| file_stamp(&f))))
+        .map(|&v| (v, dir_stamp(&folder.dir.join(v.to_string()))))
         .collect();
     if let Some(c) = &folder.config {
-        s.push((u64::MAX, file_stamp(c)));
+        s.push((u64::MAX, file_stamp(c).into_iter().collect()));
     }
     s
 }
@@ -166,6 +190,9 @@ pub struct ModelManager {
     root: Option<PathBuf>,
     builtins: Vec<Arc<ModelEntry>>,
     models: BTreeMap<String, State>,
+    /// Models whose last load failed, with their folder's stamp then: polling retries one only
+    /// once something in its folder changed.
+    failures: BTreeMap<String, Stamp>,
     next_slot: usize,
 }
 
@@ -192,6 +219,7 @@ impl ModelManager {
             next_slot: builtins.len(),
             builtins,
             models: BTreeMap::new(),
+            failures: BTreeMap::new(),
         };
         if m.root.is_some() {
             let explicit = config.model_control.mode == ModelControlMode::Explicit;
@@ -209,7 +237,7 @@ impl ModelManager {
             for (name, why) in m.scan_failures() {
                 tracing::error!(model = %name, reason = %why, "model not loaded");
                 if repository::valid_model_name(&name) {
-                    m.models.insert(name, State::Unavailable(why, None));
+                    m.models.insert(name, State::Unavailable(why));
                 }
             }
         }
@@ -298,7 +326,7 @@ impl ModelManager {
                 continue;
             }
             let reason = match self.models.get(&name) {
-                Some(State::Unavailable(why, _)) => why.clone(),
+                Some(State::Unavailable(why)) => why.clone(),
                 _ => "not loaded".to_string(),
             };
             rows.push(IndexEntry {
@@ -324,21 +352,22 @@ impl ModelManager {
         match self.load_versions(&root, name, config) {
             Ok(versions) => {
                 self.models.insert(name.to_string(), State::Ready(versions));
+                self.failures.remove(name);
                 Ok(())
             }
             Err(why) => {
                 let message = format!("failed to load '{name}': {why}");
+                if let Ok(folder) = repository::scan_model(&root, name) {
+                    self.failures.insert(name.to_string(), stamp(&folder));
+                }
                 match self.models.get(name) {
                     Some(State::Ready(_)) => {
                         tracing::warn!(model = %name, reason = %why, "reload failed; the loaded versions keep serving");
                     }
                     _ => {
                         if repository::valid_model_name(name) {
-                            let stamp = repository::scan_model(&root, name)
-                                .ok()
-                                .map(|f| stamp(&root, &f));
                             self.models
-                                .insert(name.to_string(), State::Unavailable(why.clone(), stamp));
+                                .insert(name.to_string(), State::Unavailable(why.clone()));
                         }
                     }
                 }
@@ -351,30 +380,30 @@ impl ModelManager {
         }
     }
 
-    fn load_versions(
-        &mut self,
+    /// What loading `folder` takes now (with the request's `config` override, if any).
+    fn plan(
+        &self,
         root: &Path,
-        name: &str,
+        folder: &ModelFolder,
         config: Option<&ConfigOverride>,
-    ) -> Result<Vec<Version>, String> {
-        let folder = repository::scan_model(root, name)?;
-        if let Some(cfg) = &folder.config {
-            tracing::warn!(
-                model = %name,
-                config = %cfg.display(),
-                "config.pbtxt is not read yet: the configuration is completed from the ONNX \
-                 graph, [models.<name>] in friday's config and the load request's config"
-            );
-        }
-        let settings = match config {
-            Some(o) => {
-                for field in &o.ignored {
-                    tracing::warn!(model = %name, field = %field, "configuration field ignored: friday does not act on it");
-                }
-                o.apply(self.config.model(name))
+    ) -> Result<Plan, String> {
+        let name = &folder.name;
+        let file = match &folder.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                pbtxt::parse(&text, name).map_err(|e| format!("{}: {e}", path.display()))?
             }
-            None => self.config.model(name),
+            None => ModelConfigFile::default(),
         };
+        // config.pbtxt, then [models.<name>] in friday's config, then the request's override.
+        let mut settings = file
+            .settings
+            .clone()
+            .overridden_by(&self.config.model(name));
+        if let Some(o) = config {
+            settings = o.apply(settings);
+        }
         let policy = settings.version_policy.clone().unwrap_or_default();
         let chosen = policy.choose(&folder.versions);
         if chosen.is_empty() {
@@ -383,15 +412,48 @@ impl ModelManager {
                 folder.versions
             ));
         }
+        let filename = file
+            .default_model_filename
+            .as_deref()
+            .unwrap_or(repository::DEFAULT_MODEL_FILENAME);
+        let versions = chosen
+            .into_iter()
+            .map(|v| {
+                let path = folder.file(root, v, filename)?;
+                let fingerprint = Fingerprint::of(&path, folder, &settings)?;
+                Ok((v, path, fingerprint))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Plan {
+            file,
+            settings,
+            versions,
+        })
+    }
+
+    fn load_versions(
+        &mut self,
+        root: &Path,
+        name: &str,
+        config: Option<&ConfigOverride>,
+    ) -> Result<Vec<Version>, String> {
+        let folder = repository::scan_model(root, name)?;
+        let plan = self.plan(root, &folder, config)?;
+        for field in &plan.file.ignored {
+            tracing::warn!(model = %name, field = %field, "config.pbtxt field ignored: friday does not act on it");
+        }
+        if let Some(o) = config {
+            for field in &o.ignored {
+                tracing::warn!(model = %name, field = %field, "load config field ignored: friday does not act on it");
+            }
+        }
         let previous: Vec<&Version> = match self.models.get(name) {
             Some(State::Ready(v)) => v.iter().collect(),
             _ => Vec::new(),
         };
         let mut kept = Vec::new();
         let mut fresh = Vec::new();
-        for version in chosen {
-            let file = folder.file(root, version)?;
-            let fingerprint = Fingerprint::of(&file, &settings)?;
+        for (version, file, fingerprint) in plan.versions {
             let label = version.to_string();
             if let Some(old) = previous
                 .iter()
@@ -407,7 +469,8 @@ impl ModelManager {
         }
         let mut versions = kept;
         for (version, file, fingerprint) in fresh {
-            let entry = self.load_version(&folder, version, &file, &settings)?;
+            let entry =
+                self.load_version(root, &folder, (version, &file), &plan.settings, &plan.file)?;
             versions.push(Version { entry, fingerprint });
         }
         versions.sort_by_key(|v| v.entry.version_number());
@@ -416,20 +479,36 @@ impl ModelManager {
 
     fn load_version(
         &mut self,
+        root: &Path,
         folder: &ModelFolder,
-        version: u64,
-        file: &Path,
+        (version, file): (u64, &Path),
         settings: &ModelSettings,
+        config: &ModelConfigFile,
     ) -> Result<Arc<ModelEntry>, String> {
         let started = Instant::now();
         let before = resident_bytes();
-        let model = OnnxModel::load(file, &folder.name, settings.max_batch_size)
-            .map_err(|e| format!("version {version}: {e}"))?;
+        let model = OnnxModel::load(
+            file,
+            &folder.name,
+            settings.max_batch_size,
+            (&config.inputs, &config.outputs),
+        )
+        .map_err(|e| format!("version {version}: {e}"))?;
         let model: Arc<dyn Model> = Arc::new(model);
         let serving = Serving::new(model.as_ref(), settings, DEFAULT_PLACEMENT_HEAVY);
         let loaded = started.elapsed();
-        warm_up(model.as_ref(), &serving)
-            .map_err(|e| format!("version {version}: warm-up: {e}"))?;
+        let samples = warmup_samples(model.as_ref(), &serving, &config.warmup, |f| {
+            let path = folder.warmup_file(root, f)?;
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .map_err(|e| format!("version {version}: model_warmup: {e}"))?;
+        for (name, inputs, count) in &samples {
+            for _ in 0..*count {
+                model
+                    .infer(inputs)
+                    .map_err(|e| format!("version {version}: warm-up '{name}': {e}"))?;
+            }
+        }
         let resident = resident_bytes().saturating_sub(before);
         let mut entry = ModelEntry::new(self.next_slot, &version.to_string(), model, serving);
         entry.resident_bytes = resident;
@@ -460,10 +539,8 @@ impl ModelManager {
             )));
         }
         let was = matches!(self.models.get(name), Some(State::Ready(_)));
-        self.models.insert(
-            name.to_string(),
-            State::Unavailable("unloaded".to_string(), None),
-        );
+        self.models
+            .insert(name.to_string(), State::Unavailable("unloaded".to_string()));
         Ok(was)
     }
 
@@ -508,76 +585,129 @@ impl ModelManager {
 
     /// Whether model `folder` would load differently from what serves (or failed) now.
     fn changed(&self, root: &Path, folder: &ModelFolder) -> bool {
-        let settings = self.config.model(&folder.name);
-        let chosen = settings
-            .version_policy
-            .clone()
-            .unwrap_or_default()
-            .choose(&folder.versions);
+        // A failed model is retried only once something in its folder changed.
+        if self.failures.get(&folder.name) == Some(&stamp(folder)) {
+            return false;
+        }
         match self.models.get(&folder.name) {
-            Some(State::Ready(versions)) => {
-                versions.len() != chosen.len()
-                    || versions.iter().zip(&chosen).any(|(v, &n)| {
-                        v.entry.version != n.to_string()
-                            || folder
-                                .file(root, n)
-                                .and_then(|f| Fingerprint::of(&f, &settings))
-                                .map_or(true, |f| f != v.fingerprint)
-                    })
-            }
-            // A failed model is retried only once something in its folder changed.
-            Some(State::Unavailable(_, Some(then))) => *then != stamp(root, folder),
+            Some(State::Ready(versions)) => match self.plan(root, folder, None) {
+                Ok(plan) => {
+                    versions.len() != plan.versions.len()
+                        || versions.iter().zip(&plan.versions).any(|(v, (n, _, f))| {
+                            v.entry.version != n.to_string() || *f != v.fingerprint
+                        })
+                }
+                Err(_) => true,
+            },
             _ => true,
         }
     }
 }
 
-/// Runs `model` once per batch size its batcher will use (1, the preferred sizes, the maximum)
-/// on zero-filled inputs (each dynamic dimension 1), so that the first requests find it warm and
-/// a model that cannot run fails its load instead of its requests.
-fn warm_up(model: &dyn Model, serving: &Serving) -> Result<(), String> {
+/// The warm-up requests a model runs before it is ready: its `model_warmup` samples, or else
+/// one per batch size its batcher will use (1, the preferred sizes, the maximum) on zeros (each
+/// dynamic dimension 1). Either way the first requests find it warm, and a model that cannot run
+/// fails its load instead of its requests. Each sample: its name, its inputs in the model's
+/// order, and how many times it runs. `read` reads an `input_data_file`.
+fn warmup_samples(
+    model: &dyn Model,
+    serving: &Serving,
+    declared: &[WarmupSample],
+    read: impl Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<(String, Vec<Tensor<'static>>, usize)>, String> {
     let meta = model.metadata();
-    let mut sizes: Vec<usize> = if meta.max_batch_size > 0 {
-        let mut s = vec![1, serving.policy.max_batch_size];
-        s.extend(&serving.policy.preferred_batch_sizes);
-        s
-    } else {
-        vec![0]
+    let batched = meta.max_batch_size > 0;
+    let tensor = |datatype: DataType, dims: &[i64], batch: usize, data: &WarmupData| {
+        let mut shape: crate::tensor::Shape = smallvec::SmallVec::new();
+        if batched {
+            shape.push(batch.max(1));
+        }
+        shape.extend(dims.iter().map(|&d| if d < 0 { 1 } else { d as usize }));
+        let count: usize = shape.iter().product();
+        let bytes = match datatype {
+            // One empty string per element: a 4-byte zero length.
+            DataType::Bytes => count * 4,
+            t => count * t.element_size().unwrap_or(1),
+        };
+        let data = match data {
+            WarmupData::Zero => vec![0u8; bytes],
+            // Small random values (0..64 for integers, -1..1 for floats), so that a model
+            // computing in narrower types than declared (rten's INT64) takes them too.
+            WarmupData::Random => (0..count).flat_map(|_| random_element(datatype)).collect(),
+            WarmupData::File(f) => {
+                let data = read(f)?;
+                if data.len() != bytes {
+                    return Err(format!(
+                        "{f} holds {} bytes; shape {shape:?} of {} takes {bytes}",
+                        data.len(),
+                        datatype.name()
+                    ));
+                }
+                data
+            }
+        };
+        Ok(Tensor {
+            datatype,
+            shape,
+            data: std::borrow::Cow::Owned(data),
+        })
     };
-    sizes.sort_unstable();
-    sizes.dedup();
-    for batch in sizes {
-        let inputs: Vec<Tensor<'static>> = meta
-            .inputs
+    if !declared.is_empty() {
+        return declared
             .iter()
-            .map(|spec| {
-                let mut shape: crate::tensor::Shape = smallvec::SmallVec::new();
-                if batch > 0 {
-                    shape.push(batch);
-                }
-                shape.extend(
-                    spec.dims
-                        .iter()
-                        .map(|&d| if d < 0 { 1 } else { d as usize }),
-                );
-                let count: usize = shape.iter().product();
-                let bytes = match spec.datatype {
-                    // One empty string per element: a 4-byte zero length.
-                    DataType::Bytes => count * 4,
-                    t => count * t.element_size().unwrap_or(1),
-                };
-                Tensor {
-                    datatype: spec.datatype,
-                    shape,
-                    data: std::borrow::Cow::Owned(vec![0u8; bytes]),
-                }
+            .map(|sample| {
+                let inputs = meta
+                    .inputs
+                    .iter()
+                    .map(|spec| {
+                        let input = sample
+                            .inputs
+                            .iter()
+                            .find(|i| i.name == spec.name)
+                            .ok_or_else(|| {
+                                format!("sample '{}' has no input '{}'", sample.name, spec.name)
+                            })?;
+                        tensor(input.datatype, &input.dims, sample.batch_size, &input.data)
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok((sample.name.clone(), inputs, sample.count))
             })
             .collect();
-        model
-            .infer(&inputs)
-            .map_err(|e| format!("batch size {}: {e}", batch.max(1)))?;
     }
-    Ok(())
+    let mut sizes = vec![1, serving.policy.max_batch_size];
+    sizes.extend(&serving.policy.preferred_batch_sizes);
+    if !batched {
+        sizes = vec![1];
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+        .into_iter()
+        .map(|batch| {
+            let inputs = meta
+                .inputs
+                .iter()
+                .map(|spec| tensor(spec.datatype, &spec.dims, batch, &WarmupData::Zero))
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok((format!("batch size {batch}"), inputs, 1))
+        })
+        .collect()
+}
+
+/// One small random element of `datatype`, little-endian (BYTES: an empty string).
+fn random_element(datatype: DataType) -> Vec<u8> {
+    let small = fastrand::u8(0..64);
+    match datatype {
+        DataType::Bool => vec![small & 1],
+        DataType::Uint8 | DataType::Int8 => vec![small],
+        DataType::Uint16 | DataType::Int16 => u16::from(small).to_le_bytes().to_vec(),
+        DataType::Uint32 | DataType::Int32 => u32::from(small).to_le_bytes().to_vec(),
+        DataType::Uint64 | DataType::Int64 => u64::from(small).to_le_bytes().to_vec(),
+        DataType::Fp32 => (fastrand::f32() * 2.0 - 1.0).to_le_bytes().to_vec(),
+        DataType::Fp64 => (fastrand::f64() * 2.0 - 1.0).to_le_bytes().to_vec(),
+        DataType::Fp16 | DataType::Bf16 => vec![0, 0],
+        DataType::Bytes => vec![0; 4],
+    }
 }
 
 /// The process's resident memory, in bytes (0 where `/proc` cannot tell).

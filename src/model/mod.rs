@@ -9,6 +9,7 @@
 mod identity;
 pub mod manager;
 pub mod onnx;
+pub mod pbtxt;
 mod registry;
 pub mod repository;
 mod simple;

@@ -22,6 +22,7 @@ use rten_tensor::prelude::*;
 use rten_tensor::Tensor as RtenTensor;
 use smallvec::SmallVec;
 
+use super::pbtxt::TensorDecl;
 use super::{Model, ModelError, ModelMetadata, Outputs, TensorSpec};
 use crate::tensor::{DataType, Tensor};
 
@@ -56,11 +57,17 @@ impl Element {
     }
 }
 
-/// One input or output: its node in rten's graph and how its elements convert.
+/// A graph input or output as declared: name, element type, dimensions.
+type GraphTensor = (String, OnnxType, Vec<i64>);
+
+/// One input or output: its node in rten's graph, how its elements convert, and, where
+/// `config.pbtxt` reshapes it, the shape on the other side (without the batch dimension): the
+/// shape the model takes for an input, the shape clients get for an output.
 #[derive(Debug)]
 struct Port {
     node: NodeId,
     element: Element,
+    reshape: Option<Vec<i64>>,
 }
 
 /// An ONNX model run by rten.
@@ -127,7 +134,14 @@ fn signature(v: &ValueInfoProto, what: &str) -> Result<(String, OnnxType, Vec<i6
 impl OnnxModel {
     /// Loads `path` (an ONNX file) as model `name`. `max_batch_size`: the configured one, if
     /// any; otherwise [`DEFAULT_MAX_BATCH_SIZE`] for a model with a batch dimension, 0 without.
-    pub fn load(path: &Path, name: &str, max_batch_size: Option<usize>) -> Result<Self, String> {
+    /// `inputs` and `outputs`: what `config.pbtxt` declares (empty: the graph's own signature).
+    pub fn load(
+        path: &Path,
+        name: &str,
+        max_batch_size: Option<usize>,
+        (inputs, outputs): (&[TensorDecl], &[TensorDecl]),
+    ) -> Result<Self, String> {
+        let declared = (inputs, outputs);
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let proto = ModelProto::parse_buf(&bytes)
@@ -175,7 +189,8 @@ impl OnnxModel {
         };
         let port = |(name, elem, dims): &(String, OnnxType, Vec<i64>),
                     id: Option<NodeId>,
-                    what: &str|
+                    what: &str,
+                    decl: Option<&TensorDecl>|
          -> Result<(Port, TensorSpec), String> {
             let (element, datatype) = Element::from_onnx(*elem).ok_or_else(|| {
                 format!(
@@ -190,20 +205,37 @@ impl OnnxModel {
             } else {
                 dims.clone()
             };
+            let Some(decl) = decl else {
+                return Ok((
+                    Port {
+                        node,
+                        element,
+                        reshape: None,
+                    },
+                    TensorSpec::new(name, datatype, &dims),
+                ));
+            };
+            let (port, spec) = declared_port(what, decl, &dims, datatype)?;
             Ok((
-                Port { node, element },
-                TensorSpec::new(name, datatype, &dims),
+                Port {
+                    node,
+                    element,
+                    reshape: port,
+                },
+                spec,
             ))
         };
         let (mut inputs, mut input_specs) = (Vec::new(), Vec::new());
-        for d in &declared_inputs {
-            let (p, s) = port(d, model.find_node(&d.0), "input")?;
+        for d in order(&declared_inputs, declared.0, "input", true)? {
+            let decl = declared.0.iter().find(|t| t.name == d.0);
+            let (p, s) = port(d, model.find_node(&d.0), "input", decl)?;
             inputs.push(p);
             input_specs.push(s);
         }
         let (mut outputs, mut output_specs) = (Vec::new(), Vec::new());
-        for d in &declared_outputs {
-            let (p, s) = port(d, model.find_node(&d.0), "output")?;
+        for d in order(&declared_outputs, declared.1, "output", false)? {
+            let decl = declared.1.iter().find(|t| t.name == d.0);
+            let (p, s) = port(d, model.find_node(&d.0), "output", decl)?;
             outputs.push(p);
             output_specs.push(s);
         }
@@ -223,6 +255,131 @@ impl OnnxModel {
     }
 }
 
+/// The graph's inputs or outputs in the order `config.pbtxt` declares them (the graph's order
+/// when it declares none). Every declared one must be in the graph; every graph input must be
+/// declared (`all`), while a configuration may serve a subset of the outputs.
+fn order<'g>(
+    graph: &'g [GraphTensor],
+    declared: &[TensorDecl],
+    what: &str,
+    all: bool,
+) -> Result<Vec<&'g GraphTensor>, String> {
+    if declared.is_empty() {
+        return Ok(graph.iter().collect());
+    }
+    let names = || {
+        graph
+            .iter()
+            .map(|g| g.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::with_capacity(declared.len());
+    for d in declared {
+        let g = graph.iter().find(|g| g.0 == d.name).ok_or_else(|| {
+            format!(
+                "config.pbtxt declares {what} '{}', which the model does not have (its {what}s: {})",
+                d.name,
+                names()
+            )
+        })?;
+        out.push(g);
+    }
+    if all {
+        if let Some(g) = graph
+            .iter()
+            .find(|g| !declared.iter().any(|d| d.name == g.0))
+        {
+            return Err(format!(
+                "the model takes {what} '{}', which config.pbtxt does not declare",
+                g.0
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A tensor `config.pbtxt` declares, checked against the graph's `dims` (without the batch
+/// dimension) and `datatype`: the port's reshape, if any, and the served spec.
+fn declared_port(
+    what: &str,
+    decl: &TensorDecl,
+    dims: &[i64],
+    datatype: DataType,
+) -> Result<(Option<Vec<i64>>, TensorSpec), String> {
+    let name = &decl.name;
+    if decl.datatype != datatype {
+        return Err(format!(
+            "{what} '{name}' is {} in the model but {} in config.pbtxt",
+            datatype.config_name(),
+            decl.datatype.config_name()
+        ));
+    }
+    // The model's side of the tensor: the reshape if there is one, else the declared dims.
+    let model_side = decl.reshape.as_deref().unwrap_or(&decl.dims);
+    let fits = model_side.len() == dims.len()
+        && model_side
+            .iter()
+            .zip(dims)
+            .all(|(&c, &g)| c == g || c == -1 || g == -1);
+    if !fits && !dims.is_empty() {
+        return Err(format!(
+            "{what} '{name}' has dims {dims:?} in the model (without the batch dimension), \
+             config.pbtxt says {model_side:?}"
+        ));
+    }
+    let reshape = match &decl.reshape {
+        None => None,
+        Some(r) => {
+            let count = |d: &[i64]| d.iter().product::<i64>();
+            let fixed = |d: &[i64]| d.iter().all(|&x| x >= 0);
+            // An input's reshape is the model's shape: it must be fixed. An output is given to
+            // clients in its declared dims, at most one of them free (sized by the rest).
+            let ok = if what == "input" {
+                fixed(r) && fixed(&decl.dims) && count(r) == count(&decl.dims)
+            } else {
+                fixed(r) && decl.dims.iter().filter(|&&x| x < 0).count() <= 1
+            };
+            if !ok {
+                return Err(format!(
+                    "{what} '{name}': reshape {r:?} cannot serve dims {:?} (friday reshapes \
+                     between fixed shapes of the same size)",
+                    decl.dims
+                ));
+            }
+            Some(if what == "input" {
+                r.clone()
+            } else {
+                decl.dims.clone()
+            })
+        }
+    };
+    Ok((reshape, TensorSpec::new(name, datatype, &decl.dims)))
+}
+
+/// `shape` with its trailing dimensions (after the batch dimension, if `batched`) replaced by
+/// `reshape`, one -1 in it sized so that the element count stays the same.
+fn reshaped(shape: &[usize], reshape: &[i64], batched: bool) -> SmallVec<[usize; 4]> {
+    let total: usize = shape.iter().product();
+    let mut out: SmallVec<[usize; 4]> = SmallVec::new();
+    if batched {
+        out.push(shape.first().copied().unwrap_or(1));
+    }
+    let lead: usize = out.iter().product();
+    let known: usize = reshape
+        .iter()
+        .filter(|&&d| d >= 0)
+        .map(|&d| d as usize)
+        .product();
+    let free = (total / lead.max(1)) / known.max(1);
+    out.extend(
+        reshape
+            .iter()
+            .map(|&d| if d < 0 { free } else { d as usize }),
+    );
+    out
+}
+
 /// Reads little-endian elements of `N` bytes.
 fn elements<const N: usize, T>(data: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
     data.chunks_exact(N)
@@ -240,8 +397,12 @@ where
         .map_err(|e| ModelError(format!("input '{name}': {e}")))
 }
 
-fn to_value(t: &Tensor<'_>, element: Element, name: &str) -> Result<Value, ModelError> {
-    let shape: SmallVec<[usize; 4]> = t.shape.iter().copied().collect();
+fn to_value(t: &Tensor<'_>, port: &Port, batched: bool, name: &str) -> Result<Value, ModelError> {
+    let element = port.element;
+    let shape: SmallVec<[usize; 4]> = match &port.reshape {
+        Some(r) => reshaped(&t.shape, r, batched),
+        None => t.shape.iter().copied().collect(),
+    };
     match element {
         Element::F32 => value(&shape, elements(&t.data, f32::from_le_bytes), name),
         Element::I32 => value(&shape, elements(&t.data, i32::from_le_bytes), name),
@@ -333,7 +494,8 @@ impl Model for OnnxModel {
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError> {
         let mut values: Vec<(NodeId, ValueOrView)> = Vec::with_capacity(inputs.len());
         for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {
-            values.push((port.node, to_value(t, port.element, &spec.name)?.into()));
+            let batched = self.meta.max_batch_size > 0;
+            values.push((port.node, to_value(t, port, batched, &spec.name)?.into()));
         }
         let ids: SmallVec<[NodeId; 4]> = self.outputs.iter().map(|p| p.node).collect();
         let pool = POOL.with(Arc::clone);
@@ -346,7 +508,13 @@ impl Model for OnnxModel {
             .into_iter()
             .zip(&self.outputs)
             .zip(&self.meta.outputs)
-            .map(|((v, port), spec)| from_value(v, port.element, spec.datatype, &spec.name))
+            .map(|((v, port), spec)| {
+                let mut t = from_value(v, port.element, spec.datatype, &spec.name)?;
+                if let Some(r) = &port.reshape {
+                    t.shape = reshaped(&t.shape, r, self.meta.max_batch_size > 0);
+                }
+                Ok(t)
+            })
             .collect()
     }
 }

@@ -22,15 +22,19 @@ pub struct ModelFolder {
 }
 
 impl ModelFolder {
-    /// Version `version`'s model file, resolved inside the repository `root`.
-    pub fn file(&self, root: &Path, version: u64) -> Result<PathBuf, String> {
-        confined(
-            root,
-            &self
-                .dir
-                .join(version.to_string())
-                .join(DEFAULT_MODEL_FILENAME),
-        )
+    /// Version `version`'s model file (`filename`, [`DEFAULT_MODEL_FILENAME`] unless the
+    /// configuration names another), resolved inside the repository `root`.
+    pub fn file(&self, root: &Path, version: u64, filename: &str) -> Result<PathBuf, String> {
+        confined(root, &self.dir.join(version.to_string()).join(filename))
+    }
+
+    /// A file of the model folder's `warmup/` folder (Triton's `input_data_file`), resolved
+    /// inside the repository `root`.
+    pub fn warmup_file(&self, root: &Path, name: &str) -> Result<PathBuf, String> {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(format!("'{name}' is not a file name in the warmup folder"));
+        }
+        confined(root, &self.dir.join("warmup").join(name))
     }
 }
 
@@ -183,16 +187,18 @@ mod tests {
         assert_eq!(s.found[1].name, "m");
         assert_eq!(s.found[1].versions, [1, 3, 20]);
         assert!(s.found[1]
-            .file(&s.root, 20)
+            .file(&s.root, 20, DEFAULT_MODEL_FILENAME)
             .unwrap()
             .ends_with("m/20/model.onnx"));
         assert!(
-            s.found[1].file(&s.root, 1).is_err(),
+            s.found[1].file(&s.root, 1, DEFAULT_MODEL_FILENAME).is_err(),
             "version 1 has no file"
         );
         // The version folder is there; its file leads out.
         assert_eq!(s.found[0].name, "escape");
-        let why = s.found[0].file(&s.root, 1).unwrap_err();
+        let why = s.found[0]
+            .file(&s.root, 1, DEFAULT_MODEL_FILENAME)
+            .unwrap_err();
         assert!(why.contains("outside the repository"), "{why}");
         let why = |n: &str| {
             s.failed

@@ -101,6 +101,25 @@ def main():
         check(np.allclose(r.get_result().as_numpy("y"), want, rtol=1e-5, atol=1e-5), f"async linear row {x[0, 0]:.1f}")
     client4.close()
 
+    # Models with a config.pbtxt.
+    cfg = client.get_model_config("addsub")
+    check(cfg["max_batch_size"] == 8, "config.pbtxt sets addsub's max_batch_size")
+    check(cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 500, "config.pbtxt sets its queue delay")
+    check(cfg["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 64, "and its queue size")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    r = client.infer("reshaped", [tensor("x", x, "FP32")])
+    check(r.as_numpy("y").shape == (3, 4) and np.array_equal(r.as_numpy("y"), 2 * x), "reshape: a [batch, 2, 2] model serves [batch, 4]")
+    check(client.get_model_metadata("reshaped")["inputs"][0]["shape"] == [-1, 4], "the metadata shows the configured dims")
+    x = np.ones((2, 2), dtype=np.float32)
+    check(np.array_equal(client.infer("renamed", [tensor("x", x, "FP32")]).as_numpy("y"), 2 * x), "default_model_filename: 1/net.onnx serves")
+    check(client.is_model_ready("pair", "1") and client.is_model_ready("pair", "2"), "version_policy latest 2 serves both versions")
+    x = np.ones((1, 4), dtype=np.float32)
+    for v, b in (("1", p["b1"]), ("2", p["b"])):
+        got = client.infer("pair", [tensor("x", x, "FP32")], model_version=v).as_numpy("y")
+        check(np.allclose(got, np.maximum(x @ p["w"] + b, 0.0), atol=1e-5), f"pair version {v} answers with its weights")
+    for model in ("malformed", "mistyped"):
+        check(not client.is_model_ready(model), f"{model} (a bad config.pbtxt) is not served")
+
     e = infer_error(client, "linear", [tensor("x", np.ones((1, 5), np.float32), "FP32")])
     check("x" in e and "4" in e, f"a wrong shape raises a clear error ({e})")
     big = np.full((1, 8), 2**40, dtype=np.int64)

@@ -12,9 +12,15 @@ aside and renamed into place, so a server polling the repository never sees half
 Models:
   linear       y = relu(x @ W + b), x FP32 [batch, 4] -> y FP32 [batch, 3]; versions 1 and 2
                (version v has bias b1 + v - 1; Triton's default policy serves only the newest)
-  addsub       INT64 a, b [batch, 8] -> sum = a + b, diff = a - b (INT64, computed in 32 bits)
+  addsub       INT64 a, b [batch, 8] -> sum = a + b, diff = a - b (INT64, computed in 32 bits);
+               a Triton config.pbtxt (max_batch_size 8, a queue delay, warm-up, instance_group)
   fixed        x FP32 [2, 2] -> y = 2 x, no batch dimension
+  reshaped     y = 2 x on [batch, 2, 2]; its config.pbtxt serves it as [batch, 4] (reshape)
+  renamed      fixed's graph in 1/net.onnx (config.pbtxt: default_model_filename)
+  pair         linear's versions 1 and 2, both served (config.pbtxt: version_policy latest 2)
   broken       a model file that is not ONNX
+  malformed    a config.pbtxt with a syntax error (line 3)
+  mistyped     a config.pbtxt that declares linear's FP32 input as INT32
   unsupported  an operator no runtime has
   wide         y = x @ W, x FP32 [batch, 2048], W [2048, 4096]: 32 MiB of weights, for memory
                (written only with --wide)
@@ -82,6 +88,54 @@ def unsupported():
     )
 
 
+def doubler():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 2])
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["y"])], "doubler", [x], [y], initializer=[two])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+ADDSUB_CONFIG = """
+name: "addsub"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "a" data_type: TYPE_INT64 dims: [ 8 ] },
+  { name: "b" data_type: TYPE_INT64 dims: [ 8 ] }
+]
+output [
+  { name: "sum" data_type: TYPE_INT64 dims: [ 8 ] },
+  { name: "diff" data_type: TYPE_INT64 dims: [ 8 ] }
+]
+dynamic_batching {
+  max_queue_delay_microseconds: 500
+  default_queue_policy { max_queue_size: 64 }
+}
+instance_group [ { count: 2 kind: KIND_CPU } ]
+model_warmup [
+  {
+    name: "zeros"
+    batch_size: 2
+    inputs { key: "a" value: { data_type: TYPE_INT64 dims: [ 8 ] zero_data: true } }
+    inputs { key: "b" value: { data_type: TYPE_INT64 dims: [ 8 ] random_data: true } }
+  }
+]
+"""
+
+RESHAPED_CONFIG = """
+max_batch_size: 4
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]
+"""
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def wide(w):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", w.shape[0]])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", w.shape[1]])
@@ -121,6 +175,18 @@ def main():
     path = os.path.join(repo, "unsupported", "1", "model.onnx")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     onnx.save(model, path)  # the checker rightly refuses an unknown domain's operator
+    write(os.path.join(repo, "addsub", "config.pbtxt"), ADDSUB_CONFIG)
+    save(doubler(), os.path.join(repo, "reshaped", "1", "model.onnx"))
+    write(os.path.join(repo, "reshaped", "config.pbtxt"), RESHAPED_CONFIG)
+    save(fixed(), os.path.join(repo, "renamed", "1", "net.onnx"))
+    write(os.path.join(repo, "renamed", "config.pbtxt"), 'default_model_filename: "net.onnx"\n')
+    save(linear(w, b1), os.path.join(repo, "pair", "1", "model.onnx"))
+    save(linear(w, b2), os.path.join(repo, "pair", "2", "model.onnx"))
+    write(os.path.join(repo, "pair", "config.pbtxt"), "version_policy: { latest: { num_versions: 2 } }\n")
+    save(linear(w, b1), os.path.join(repo, "malformed", "1", "model.onnx"))
+    write(os.path.join(repo, "malformed", "config.pbtxt"), 'name: "malformed"\nmax_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 4 } ]\n')
+    save(linear(w, b1), os.path.join(repo, "mistyped", "1", "model.onnx"))
+    write(os.path.join(repo, "mistyped", "config.pbtxt"), 'input [ { name: "x" data_type: TYPE_INT32 dims: [ 4 ] } ]\n')
     if "--wide" in sys.argv[2:]:
         big = rng.standard_normal((2048, 4096)).astype(np.float32)
         save(wide(big), os.path.join(repo, "wide", "1", "model.onnx"))
