@@ -10,13 +10,19 @@
 //! The KServe signature comes from the ONNX graph as declared (an `INT64` input is `INT64` to
 //! clients even though rten computes it in 32 bits): inputs, outputs, datatypes and dimensions,
 //! with a leading dimension that is dynamic on every input and output taken as the batch
-//! dimension, as Triton's ONNX auto-complete does.
+//! dimension, as Triton's ONNX auto-complete does. A `config.pbtxt` may declare the signature
+//! instead (checked against the graph), reshaping tensors between what clients send and what the
+//! model takes.
+//!
+//! Inputs are handed to rten as views of the request's bytes where they are aligned for their
+//! element type (FP32, INT32, INT8, UINT8), and copied (converted) otherwise: INT64 and BOOL,
+//! which rten computes as INT32, and a binary tensor that sits unaligned in a read buffer.
 
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use rten::{NodeId, RunOptions, ThreadPool, Value, ValueOrView};
+use rten::{NodeId, RunOptions, ThreadPool, Value, ValueOrView, ValueView};
 use rten_onnx::onnx::{DataType as OnnxType, ModelProto, ValueInfoProto};
 use rten_tensor::prelude::*;
 use rten_tensor::Tensor as RtenTensor;
@@ -397,12 +403,66 @@ where
         .map_err(|e| ModelError(format!("input '{name}': {e}")))
 }
 
-fn to_value(t: &Tensor<'_>, port: &Port, batched: bool, name: &str) -> Result<Value, ModelError> {
+/// `data` seen as elements of `T` in `shape`, without a copy, where it is aligned for `T` (the
+/// batcher's and the decoder's buffers are; a binary tensor inside a read buffer may not be).
+fn view<'a, T: Pod>(data: &'a [u8], shape: &[usize]) -> Option<ValueOrView<'a>>
+where
+    ValueView<'a>: From<rten_tensor::TensorView<'a, T>>,
+{
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: `T` is a plain number type (the `Pod` bound): every bit pattern is a valid value,
+    // so reading the aligned middle of the bytes as `T`s is sound; the wire is little-endian, as
+    // is this target.
+    let (head, body, tail) = unsafe { data.align_to::<T>() };
+    if !head.is_empty() || !tail.is_empty() {
+        return None;
+    }
+    rten_tensor::TensorView::try_from_data(shape, body)
+        .ok()
+        .map(ValueOrView::from)
+}
+
+/// Number types every bit pattern of which is a valid value.
+trait Pod: Copy + 'static {}
+impl Pod for f32 {}
+impl Pod for i32 {}
+impl Pod for i8 {}
+impl Pod for u8 {}
+
+fn to_value<'a>(
+    t: &'a Tensor<'_>,
+    port: &Port,
+    batched: bool,
+    name: &str,
+) -> Result<ValueOrView<'a>, ModelError> {
     let element = port.element;
     let shape: SmallVec<[usize; 4]> = match &port.reshape {
         Some(r) => reshaped(&t.shape, r, batched),
         None => t.shape.iter().copied().collect(),
     };
+    let viewed = match element {
+        Element::F32 => view::<f32>(&t.data, &shape),
+        Element::I32 => view::<i32>(&t.data, &shape),
+        Element::I8 => view::<i8>(&t.data, &shape),
+        Element::U8 => view::<u8>(&t.data, &shape),
+        Element::Bool | Element::I64 => None,
+    };
+    if let Some(v) = viewed {
+        return Ok(v);
+    }
+    copied(t, element, &shape, name).map(ValueOrView::from)
+}
+
+/// `t` converted into an rten value of `shape` (a copy).
+fn copied(
+    t: &Tensor<'_>,
+    element: Element,
+    shape: &[usize],
+    name: &str,
+) -> Result<Value, ModelError> {
+    let shape = shape.to_vec();
     match element {
         Element::F32 => value(&shape, elements(&t.data, f32::from_le_bytes), name),
         Element::I32 => value(&shape, elements(&t.data, i32::from_le_bytes), name),
@@ -495,7 +555,7 @@ impl Model for OnnxModel {
         let mut values: Vec<(NodeId, ValueOrView)> = Vec::with_capacity(inputs.len());
         for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {
             let batched = self.meta.max_batch_size > 0;
-            values.push((port.node, to_value(t, port, batched, &spec.name)?.into()));
+            values.push((port.node, to_value(t, port, batched, &spec.name)?));
         }
         let ids: SmallVec<[NodeId; 4]> = self.outputs.iter().map(|p| p.node).collect();
         let pool = POOL.with(Arc::clone);
@@ -516,5 +576,45 @@ impl Model for OnnxModel {
                 Ok(t)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn aligned_inputs_are_viewed_and_unaligned_ones_copied() {
+        let floats = [1.5f32, -2.0, 3.25, 4.0, 0.5];
+        // A Vec<f32>'s bytes are aligned for f32; one byte in, they are not.
+        let mut bytes: Vec<u8> = Vec::with_capacity(24);
+        bytes.extend(floats.iter().flat_map(|f| f.to_le_bytes()));
+        let port = |element| Port {
+            node: NodeId::from_u32(0),
+            element,
+            reshape: None,
+        };
+        let aligned = Tensor {
+            datatype: DataType::Fp32,
+            shape: [1usize, 4].into_iter().collect(),
+            data: Cow::Borrowed(&bytes[..16]),
+        };
+        let v = to_value(&aligned, &port(Element::F32), true, "x").unwrap();
+        let ValueOrView::View(ValueView::FloatTensor(t)) = v else {
+            panic!("an aligned FP32 input is viewed, not copied");
+        };
+        assert_eq!(t.to_vec(), &floats[..4]);
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes[..16]);
+        let unaligned = Tensor {
+            datatype: DataType::Fp32,
+            shape: [1usize, 4].into_iter().collect(),
+            data: Cow::Borrowed(&shifted[1..]),
+        };
+        let v = to_value(&unaligned, &port(Element::F32), true, "x").unwrap();
+        let ValueOrView::Value(Value::FloatTensor(t)) = v else {
+            panic!("an unaligned input is copied");
+        };
+        assert_eq!(t.to_vec(), &floats[..4]);
     }
 }
