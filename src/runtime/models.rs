@@ -56,7 +56,13 @@ impl Models {
     pub(crate) fn spawn(self) -> Result<(), StartupError> {
         std::thread::Builder::new()
             .name("friday-models".to_string())
-            .spawn(move || self.run())
+            .spawn(move || {
+                // Loading and warming a model takes a CPU for a while: only time the shards do
+                // not want, so that their requests never wait behind a load. (It shares that
+                // time with the workers, which are SCHED_IDLE too.)
+                super::worker::run_when_idle();
+                self.run()
+            })
             .map(|_| ())
             .map_err(|e| StartupError::new(format!("cannot start the model manager thread: {e}")))
     }

@@ -161,7 +161,13 @@ fn pin_to(cpu: usize) {
     // The worker shares its CPU with the shard's reactor. As SCHED_IDLE it runs only while the
     // reactor sleeps, and the reactor preempts it the moment a socket or the doorbell wakes it,
     // so I/O (accepts, reads, 429s, deadline failures) never waits out a scheduler slice behind
-    // a batch. SAFETY: sched_setscheduler(0) with a valid param applies to this thread only.
+    // a batch.
+    run_when_idle();
+}
+
+/// Moves the calling thread to `SCHED_IDLE`: it runs only on CPU time no normal thread wants.
+pub(crate) fn run_when_idle() {
+    // SAFETY: sched_setscheduler(0) with a valid param applies to this thread only.
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
