@@ -12,7 +12,7 @@
 //! | [`tensor`] | the domain types every layer shares: [`tensor::DataType`], [`tensor::Tensor`] |
 //! | [`http`] | sans-I/O HTTP/1.1: request head and body framing, response encoding |
 //! | [`protocol`] | sans-I/O KServe v2: routes, infer request decoding (JSON and binary), response encoding, metadata |
-//! | [`model`] | the [`model::Model`] trait, the built-in models, the registry of what this server serves and how |
+//! | [`model`] | the [`model::Model`] trait, the built-in models, the ONNX backend (rten), the repository and `config.pbtxt`, the model manager's state, the registry of what this server serves and how |
 //! | [`batch`] | sans-I/O dynamic batching: the policy state machine, joining and splitting batches |
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
@@ -41,10 +41,18 @@
 //! whenever the shard has I/O to serve.
 //!
 //! Models are `Arc<dyn Model>`: loaded once, shared read-only by every shard, called with `&self`.
+//! What is served is one generation of the [`model::ModelRegistry`], built by the model manager
+//! (a control-plane thread at `SCHED_IDLE`) and published to every shard, which switches between
+//! two loop turns: each served version is a slot with its own batcher, statistics and metrics on
+//! every shard, created when it appears and dropped after its last request once it is gone.
 //!
 //! Data crosses threads only by these paths, each announced by the receiving shard's doorbell
 //! (an eventfd its engine watches):
 //! - the control thread (signals) tells each shard to drain ([`runtime::mesh::ShardMsg::Drain`]);
+//! - the model manager publishes a new generation to every shard
+//!   ([`runtime::mesh::ShardMsg::Publish`], acknowledged), and answers the repository calls a
+//!   shard forwards to it ([`runtime::mesh::ManagerMsg`] /
+//!   [`runtime::mesh::ShardMsg::RepositoryReply`]);
 //! - a shard that answers `GET …/stats` or `GET /metrics` asks its peers for their numbers and
 //!   merges the snapshots ([`runtime::mesh::ShardMsg::SnapshotRequest`] /
 //!   [`runtime::mesh::ShardMsg::SnapshotReply`]), through bounded crossbeam channels;

@@ -53,7 +53,7 @@ summary() { # summary LABEL JSON
 import json, sys
 r = json.load(open(sys.argv[2]))
 l = r["latency_us"]
-print(f"  {sys.argv[1]:<24} {r['throughput']:7.1f} req/s  p50 {l['p50']/1e3:7.1f} ms  p99 {l['p99']/1e3:7.1f} ms  errors {sum(r['errors'].values())}")
+print(f"  {sys.argv[1]:<24} {r['throughput']:7.1f} req/s  mean {l['mean']/1e3:7.1f} ms  p50 {l['p50']/1e3:7.1f} ms  p99 {l['p99']/1e3:7.1f} ms  errors {sum(r['errors'].values())}")
 PYEOF
 }
 compute() { # per-batch compute from the statistics extension
