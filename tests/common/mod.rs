@@ -572,6 +572,12 @@ pub fn make_repository_with(tag: &str, args: &[&str]) -> std::path::PathBuf {
 /// Adds version `version` of `linear` to a repository [`make_repository`] wrote under `out`
 /// (renamed into place whole).
 pub fn add_linear_version(out: &std::path::Path, version: u64) {
+    write_linear_version(out, version, false);
+}
+
+/// Writes version `version` of `linear` aside, in `linear/.incoming-{version}` (which a server
+/// ignores), for the caller to rename into place: [`aside_linear_version`] names it.
+pub fn write_linear_version(out: &std::path::Path, version: u64, aside: bool) {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/models/make_repository.py"
@@ -580,6 +586,7 @@ pub fn add_linear_version(out: &std::path::Path, version: u64) {
         .arg(script)
         .arg(out)
         .args(["--linear-version", &version.to_string()])
+        .args(aside.then_some("--aside"))
         .output()
         .expect("run make_repository.py");
     assert!(
@@ -587,4 +594,16 @@ pub fn add_linear_version(out: &std::path::Path, version: u64) {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+}
+
+/// Where [`write_linear_version`] leaves a version aside, and where it goes into place.
+pub fn aside_linear_version(
+    out: &std::path::Path,
+    version: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let linear = out.join("repository").join("linear");
+    (
+        linear.join(format!(".incoming-{version}")),
+        linear.join(version.to_string()),
+    )
 }

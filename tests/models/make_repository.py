@@ -7,7 +7,8 @@ Usage: python3 make_repository.py DIR [--wide]
   DIR/params.npz       the weights, for the references
 
 --linear-version N adds version N of linear to an existing DIR (its bias is b1 + N - 1), written
-aside and renamed into place, so a server polling the repository never sees half a version.
+aside and renamed into place, so a server polling the repository never sees half a version;
+with --aside it stays aside, in DIR/repository/linear/.incoming-N, for the caller to rename.
 
 Models:
   linear       y = relu(x @ W + b), x FP32 [batch, 4] -> y FP32 [batch, 3]; versions 1 and 2
@@ -145,19 +146,21 @@ def wide(w):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def add_linear_version(out, version):
+def add_linear_version(out, version, aside_only):
     p = np.load(os.path.join(out, "params.npz"))
     bias = (p["b1"] + np.float32(version - 1)).astype(np.float32)
     aside = os.path.join(out, "repository", "linear", f".incoming-{version}")
     save(linear(p["w"], bias), os.path.join(aside, "model.onnx"))
-    os.rename(aside, os.path.join(out, "repository", "linear", str(version)))
+    if not aside_only:
+        os.rename(aside, os.path.join(out, "repository", "linear", str(version)))
     print(f"added linear version {version}")
 
 
 def main():
     out = sys.argv[1]
     if "--linear-version" in sys.argv[2:]:
-        add_linear_version(out, int(sys.argv[sys.argv.index("--linear-version") + 1]))
+        version = int(sys.argv[sys.argv.index("--linear-version") + 1])
+        add_linear_version(out, version, "--aside" in sys.argv[2:])
         return
     repo = os.path.join(out, "repository")
     rng = np.random.default_rng(7)
