@@ -1273,9 +1273,10 @@ fn infer(
     resp: &mut Responder<'_>,
 ) -> Step {
     let Some(batcher) = core.batchers.get_mut(job.model) else {
+        let name = core.service.slot(job.model).map_or("?", |e| e.name());
         let e = ApiError::unavailable(format!(
-            "model '{}' cannot be served on this shard (see the server log)",
-            job.model
+            "model '{name}' cannot be served on this shard: its batcher did not start (see the \
+             server log)"
         ));
         core.service.finish_infer(&job, Err(e), resp);
         return Step::Answered(Answered::new(resp.keep_alive()));
