@@ -467,6 +467,8 @@ impl ModelControlConfig {
 
 /// Default `model_control.poll_secs`, Triton's `--repository-poll-secs` default.
 pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+/// Most `model_control.poll_secs`: a day.
+pub const MAX_REPOSITORY_POLL_SECS: u64 = 86_400;
 
 /// `[drain]`: graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -616,10 +618,10 @@ impl Config {
                 ));
             }
         }
-        if self.model_control.poll_secs == 0 {
+        if !(1..=MAX_REPOSITORY_POLL_SECS).contains(&self.model_control.poll_secs) {
             return Err(invalid(
                 "model_control.poll_secs",
-                "must be at least 1 second",
+                format!("must be 1 to {MAX_REPOSITORY_POLL_SECS} seconds (a day)"),
             ));
         }
         if self.model_control.mode != ModelControlMode::None && self.model_repository.is_none() {
@@ -694,7 +696,11 @@ fn is_header_name(h: &str) -> bool {
 /// Checks `[models.<name>]`. Without a model repository only the built-in models exist; with
 /// one, a section may name a repository model (the registry warns about one that names nothing
 /// it serves, since the repository is read after the config).
-fn validate_model(name: &str, m: &ModelSettings, repository: bool) -> Result<(), ConfigError> {
+pub(crate) fn validate_model(
+    name: &str,
+    m: &ModelSettings,
+    repository: bool,
+) -> Result<(), ConfigError> {
     // Keys name the section; the problem names the model, so the message points at the line.
     if !repository && !BUILTIN_MODELS.contains(&name) {
         return Err(invalid(

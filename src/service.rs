@@ -419,7 +419,7 @@ impl ShardService {
                 for (key, value) in params.into_iter().flatten() {
                     match (key.as_str(), value) {
                         ("config", serde_json::Value::String(text)) => {
-                            config = Some(ConfigOverride::parse(text)?);
+                            config = Some(ConfigOverride::new(text.clone()));
                         }
                         ("config", _) => {
                             return Err(ApiError::invalid(

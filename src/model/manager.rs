@@ -23,7 +23,7 @@ use super::pbtxt::{self, ModelConfigFile, WarmupData, WarmupSample};
 use super::registry::{builtin_models, BUILTIN_VERSION, DEFAULT_PLACEMENT_HEAVY};
 use super::repository::{self, ModelFolder};
 use super::{Model, ModelEntry, ModelRegistry, Serving};
-use crate::config::{Config, DynamicBatching, ModelControlMode, ModelSettings, VersionPolicy};
+use crate::config::{Config, ModelControlMode, ModelSettings};
 use crate::error::{ApiError, StartupError};
 use crate::tensor::{DataType, Tensor};
 
@@ -36,6 +36,8 @@ struct Fingerprint {
     modified: Option<SystemTime>,
     /// The `config.pbtxt` it was loaded with (size and modification time).
     config: Option<(u64, Option<SystemTime>)>,
+    /// The load request's `config` parameter, if it came with one.
+    request: Option<String>,
     settings: ModelSettings,
 }
 
@@ -48,6 +50,7 @@ impl Fingerprint {
             len: meta.len(),
             modified: meta.modified().ok(),
             config: folder.config.as_deref().and_then(file_stamp),
+            request: None,
             settings: settings.clone(),
         })
     }
@@ -125,63 +128,23 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-/// A `load` request's configuration override (the `config` parameter, Triton's JSON model
-/// configuration). friday acts on `max_batch_size`, `dynamic_batching` and `version_policy`;
-/// anything else is reported as ignored.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A `load` request's configuration override: the `config` parameter, Triton's model
+/// configuration as JSON. As in Triton it takes the place of the model's `config.pbtxt` for that
+/// load; it is read (on the manager's thread) as `config.pbtxt` is, through Triton's schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigOverride {
-    settings: ModelSettings,
-    /// Fields present but not acted on.
-    pub ignored: Vec<String>,
+    text: String,
 }
 
 impl ConfigOverride {
-    /// Parses the `config` parameter's JSON text.
-    pub fn parse(text: &str) -> Result<Self, ApiError> {
-        let doc: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| {
-                ApiError::invalid(format!("the config parameter is not a JSON object: {e}"))
-            })?;
-        let mut o = ConfigOverride::default();
-        for (key, value) in doc {
-            let bad = |e: serde_json::Error| {
-                ApiError::invalid(format!("the config parameter's '{key}' is not valid: {e}"))
-            };
-            match key.as_str() {
-                "max_batch_size" => {
-                    o.settings.max_batch_size = Some(serde_json::from_value(value).map_err(bad)?);
-                }
-                "dynamic_batching" => {
-                    o.settings.dynamic_batching =
-                        Some(serde_json::from_value::<DynamicBatching>(value).map_err(bad)?);
-                }
-                "version_policy" => {
-                    o.settings.version_policy =
-                        Some(serde_json::from_value::<VersionPolicy>(value).map_err(bad)?);
-                }
-                // The model is named by the URL; the backend is the only one friday has.
-                "name" | "platform" | "backend" => {}
-                _ => o.ignored.push(key),
-            }
-        }
-        Ok(o)
-    }
-
-    /// `base` with this override's settings applied.
-    fn apply(&self, mut base: ModelSettings) -> ModelSettings {
-        let s = &self.settings;
-        if s.max_batch_size.is_some() {
-            base.max_batch_size = s.max_batch_size;
-        }
-        if s.dynamic_batching.is_some() {
-            base.dynamic_batching = s.dynamic_batching.clone();
-        }
-        if s.version_policy.is_some() {
-            base.version_policy = s.version_policy.clone();
-        }
-        base
+    /// The `config` parameter's text.
+    pub fn new(text: String) -> Self {
+        ConfigOverride { text }
     }
 }
+
+/// Largest warm-up tensor friday builds (a configuration asking for more is refused).
+const MAX_WARMUP_TENSOR_BYTES: usize = 256 << 20;
 
 /// The model manager's state (see the module docs). Owned by the control-plane thread.
 pub struct ModelManager {
@@ -349,6 +312,8 @@ impl ModelManager {
                 "this server has no model repository (--model-repository)",
             ));
         };
+        // Stamped before the load: a file still being written when it was read is retried.
+        let before = repository::scan_model(&root, name).ok().map(|f| stamp(&f));
         match self.load_versions(&root, name, config) {
             Ok(versions) => {
                 self.models.insert(name.to_string(), State::Ready(versions));
@@ -357,19 +322,22 @@ impl ModelManager {
             }
             Err(why) => {
                 let message = format!("failed to load '{name}': {why}");
-                if let Ok(folder) = repository::scan_model(&root, name) {
-                    self.failures.insert(name.to_string(), stamp(&folder));
-                }
                 match self.models.get(name) {
                     Some(State::Ready(_)) => {
                         tracing::warn!(model = %name, reason = %why, "reload failed; the loaded versions keep serving");
                     }
-                    _ => {
-                        if repository::valid_model_name(name) {
-                            self.models
-                                .insert(name.to_string(), State::Unavailable(why.clone()));
-                        }
+                    // Only a model folder of the repository gets an index row: a name a client
+                    // made up leaves nothing behind.
+                    _ if before.is_some() => {
+                        self.models
+                            .insert(name.to_string(), State::Unavailable(why.clone()));
                     }
+                    _ => {
+                        self.models.remove(name);
+                    }
+                }
+                if let Some(stamp) = before {
+                    self.failures.insert(name.to_string(), stamp);
                 }
                 Err(if why.starts_with("no model folder") {
                     ApiError::not_found(message)
@@ -388,22 +356,26 @@ impl ModelManager {
         config: Option<&ConfigOverride>,
     ) -> Result<Plan, String> {
         let name = &folder.name;
-        let file = match &folder.config {
-            Some(path) => {
+        let file = match (config, &folder.config) {
+            (Some(o), _) => pbtxt::parse_json(&o.text, name)
+                .map_err(|e| format!("the config parameter: {e}"))?,
+            (None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 pbtxt::parse(&text, name).map_err(|e| format!("{}: {e}", path.display()))?
             }
-            None => ModelConfigFile::default(),
+            (None, None) => ModelConfigFile::default(),
         };
-        // config.pbtxt, then [models.<name>] in friday's config, then the request's override.
+        // config.pbtxt, then [models.<name>] in friday's config; a request's override, which
+        // stands for the whole configuration, wins over both.
         let mut settings = file
             .settings
             .clone()
             .overridden_by(&self.config.model(name));
-        if let Some(o) = config {
-            settings = o.apply(settings);
+        if config.is_some() {
+            settings = settings.overridden_by(&file.settings);
         }
+        crate::config::validate_model(name, &settings, true).map_err(|e| e.to_string())?;
         let policy = settings.version_policy.clone().unwrap_or_default();
         let chosen = policy.choose(&folder.versions);
         if chosen.is_empty() {
@@ -420,7 +392,8 @@ impl ModelManager {
             .into_iter()
             .map(|v| {
                 let path = folder.file(root, v, filename)?;
-                let fingerprint = Fingerprint::of(&path, folder, &settings)?;
+                let mut fingerprint = Fingerprint::of(&path, folder, &settings)?;
+                fingerprint.request = config.map(|o| o.text.clone());
                 Ok((v, path, fingerprint))
             })
             .collect::<Result<_, String>>()?;
@@ -439,13 +412,13 @@ impl ModelManager {
     ) -> Result<Vec<Version>, String> {
         let folder = repository::scan_model(root, name)?;
         let plan = self.plan(root, &folder, config)?;
+        let message = if config.is_some() {
+            "load config field ignored: friday does not act on it"
+        } else {
+            "config.pbtxt field ignored: friday does not act on it"
+        };
         for field in &plan.file.ignored {
-            tracing::warn!(model = %name, field = %field, "config.pbtxt field ignored: friday does not act on it");
-        }
-        if let Some(o) = config {
-            for field in &o.ignored {
-                tracing::warn!(model = %name, field = %field, "load config field ignored: friday does not act on it");
-            }
+            tracing::warn!(model = %name, field = %field, "{message}");
         }
         let previous: Vec<&Version> = match self.models.get(name) {
             Some(State::Ready(v)) => v.iter().collect(),
@@ -539,8 +512,11 @@ impl ModelManager {
             )));
         }
         let was = matches!(self.models.get(name), Some(State::Ready(_)));
-        self.models
-            .insert(name.to_string(), State::Unavailable("unloaded".to_string()));
+        let folder = self.root.as_ref().is_some_and(|r| r.join(name).is_dir());
+        if was || folder {
+            self.models
+                .insert(name.to_string(), State::Unavailable("unloaded".to_string()));
+        }
         Ok(was)
     }
 
@@ -563,12 +539,8 @@ impl ModelManager {
                 tracing::error!(model = %folder.name, reason = %e.message, "model not loaded");
             }
         }
-        let present: Vec<&str> = scan
-            .found
-            .iter()
-            .map(|f| f.name.as_str())
-            .chain(scan.failed.iter().map(|(n, _)| n.as_str()))
-            .collect();
+        // A folder that no longer holds a version (or cannot be read) is gone too.
+        let present: Vec<&str> = scan.found.iter().map(|f| f.name.as_str()).collect();
         let gone: Vec<String> = self
             .models
             .iter()
@@ -623,11 +595,20 @@ fn warmup_samples(
             shape.push(batch.max(1));
         }
         shape.extend(dims.iter().map(|&d| if d < 0 { 1 } else { d as usize }));
-        let count: usize = shape.iter().product();
-        let bytes = match datatype {
+        let element = match datatype {
             // One empty string per element: a 4-byte zero length.
-            DataType::Bytes => count * 4,
-            t => count * t.element_size().unwrap_or(1),
+            DataType::Bytes => 4,
+            t => t.element_size().unwrap_or(1),
+        };
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let Some((count, bytes)) = count
+            .and_then(|c| Some((c, c.checked_mul(element)?)))
+            .filter(|&(_, b)| b <= MAX_WARMUP_TENSOR_BYTES)
+        else {
+            return Err(format!(
+                "a warm-up tensor of shape {shape:?} is over {} MiB",
+                MAX_WARMUP_TENSOR_BYTES >> 20
+            ));
         };
         let data = match data {
             WarmupData::Zero => vec![0u8; bytes],

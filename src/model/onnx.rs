@@ -337,14 +337,26 @@ fn declared_port(
     let reshape = match &decl.reshape {
         None => None,
         Some(r) => {
-            let count = |d: &[i64]| d.iter().product::<i64>();
+            let count = |d: &[i64]| {
+                d.iter()
+                    .filter(|&&x| x >= 0)
+                    .try_fold(1i64, |a, &x| a.checked_mul(x))
+            };
             let fixed = |d: &[i64]| d.iter().all(|&x| x >= 0);
-            // An input's reshape is the model's shape: it must be fixed. An output is given to
-            // clients in its declared dims, at most one of them free (sized by the rest).
-            let ok = if what == "input" {
-                fixed(r) && fixed(&decl.dims) && count(r) == count(&decl.dims)
-            } else {
-                fixed(r) && decl.dims.iter().filter(|&&x| x < 0).count() <= 1
+            let (reshape_count, dims_count) = (count(r), count(&decl.dims));
+            // An input's reshape is the model's shape: it must be fixed, of the same size. An
+            // output is given to clients in its declared dims, at most one of them free (sized
+            // by the rest), so the reshape's size must be a multiple of theirs.
+            let ok = match (reshape_count, dims_count) {
+                (Some(rc), Some(dc)) if fixed(r) && dc > 0 => {
+                    if what == "input" {
+                        fixed(&decl.dims) && rc == dc
+                    } else {
+                        let free = decl.dims.iter().filter(|&&x| x < 0).count();
+                        (free == 0 && rc == dc) || (free == 1 && rc % dc == 0)
+                    }
+                }
+                _ => false,
             };
             if !ok {
                 return Err(format!(
@@ -582,6 +594,28 @@ impl Model for OnnxModel {
 #[cfg(test)]
 mod view_tests {
     use super::*;
+
+    #[test]
+    fn a_reshape_must_keep_the_size() {
+        let decl = |dims: &[i64], reshape: &[i64]| TensorDecl {
+            name: "y".into(),
+            datatype: DataType::Fp32,
+            dims: dims.to_vec(),
+            reshape: Some(reshape.to_vec()),
+        };
+        let fp32 = DataType::Fp32;
+        assert!(declared_port("input", &decl(&[4], &[2, 2]), &[2, 2], fp32).is_ok());
+        assert!(declared_port("input", &decl(&[5], &[2, 2]), &[2, 2], fp32).is_err());
+        assert!(declared_port("output", &decl(&[4], &[2, 2]), &[2, 2], fp32).is_ok());
+        assert!(declared_port("output", &decl(&[3], &[4]), &[4], fp32).is_err());
+        assert!(declared_port("output", &decl(&[-1, 2], &[2, 2]), &[2, 2], fp32).is_ok());
+        assert!(declared_port("output", &decl(&[-1, 3], &[2, 2]), &[2, 2], fp32).is_err());
+        assert!(declared_port("output", &decl(&[0], &[2, 2]), &[2, 2], fp32).is_err());
+        assert!(
+            declared_port("input", &decl(&[i64::MAX, 4], &[2, 2]), &[2, 2], fp32).is_err(),
+            "an overflowing size is refused, not wrapped"
+        );
+    }
 
     #[test]
     fn aligned_inputs_are_viewed_and_unaligned_ones_copied() {

@@ -124,6 +124,29 @@ pub fn parse(text: &str, folder_name: &str) -> Result<ModelConfigFile, String> {
                 }
             }
         })?;
+    let sets_max_batch_size = top_level_names(&text).any(|n| n == "max_batch_size");
+    interpret_message(&message, folder_name, sets_max_batch_size)
+}
+
+/// Reads a load request's `config` parameter (Triton's model configuration as JSON, field names
+/// as in the schema or in their JSON form) for model `model`.
+pub fn parse_json(text: &str, model: &str) -> Result<ModelConfigFile, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let message = DynamicMessage::deserialize(model_config_descriptor().clone(), &mut de)
+        .map_err(|e| e.to_string())?;
+    let sets_max_batch_size = serde_json::from_str::<Map<String, Value>>(text)
+        .is_ok_and(|m| m.contains_key("max_batch_size") || m.contains_key("maxBatchSize"));
+    interpret_message(&message, model, sets_max_batch_size)
+}
+
+/// `message` as friday's settings; `sets_max_batch_size`: the text sets `max_batch_size`, which
+/// proto3 cannot tell when it sets it to 0 (no batch dimension, as opposed to no setting at all:
+/// complete it from the graph).
+fn interpret_message(
+    message: &DynamicMessage,
+    folder_name: &str,
+    sets_max_batch_size: bool,
+) -> Result<ModelConfigFile, String> {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false);
@@ -133,7 +156,64 @@ pub fn parse(text: &str, folder_name: &str) -> Result<ModelConfigFile, String> {
     let Value::Object(mut doc) = json else {
         return Err("the configuration is not a message".to_string());
     };
-    interpret(&mut doc, folder_name)
+    let mut c = interpret(&mut doc, folder_name)?;
+    if c.settings.max_batch_size.is_none() && sets_max_batch_size {
+        c.settings.max_batch_size = Some(0);
+    }
+    Ok(c)
+}
+
+/// The field names at the top level of a text-format message (outside strings, comments and
+/// nested messages).
+fn top_level_names(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut depth = 0usize;
+    let mut after_colon = false;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            match c {
+                b'"' | b'\'' => {
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != c {
+                        i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                    after_colon = false;
+                }
+                b'#' => {
+                    i = text[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                }
+                b'{' | b'<' | b'[' => {
+                    depth += 1;
+                    i += 1;
+                    after_colon = false;
+                }
+                b'}' | b'>' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    i += 1;
+                }
+                b':' => {
+                    after_colon = true;
+                    i += 1;
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' => {
+                    let start = i;
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_')
+                    {
+                        i += 1;
+                    }
+                    let was_value = std::mem::take(&mut after_colon);
+                    if depth == 0 && !was_value {
+                        return Some(&text[start..i]);
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    })
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -608,6 +688,30 @@ default_model_filename: "m.onnx"
         assert_eq!(colons_before_lists("a [1]").len(), "a [1]".len());
         assert_eq!(colons_before_lists("s: \"x [\""), "s: \"x [\"");
         assert_eq!(colons_before_lists("k: V\nl [1]"), "k: V\nl:[1]");
+    }
+
+    #[test]
+    fn max_batch_size_zero_is_told_from_none() {
+        let c = parse(
+            "max_batch_size: 0\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 2 ] } ]",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(c.settings.max_batch_size, Some(0));
+        let c = parse(
+            "input [ { name: \"max_batch_size\" data_type: TYPE_FP32 } ] # max_batch_size",
+            "m",
+        )
+        .unwrap();
+        assert_eq!(c.settings.max_batch_size, None);
+        let c = parse_json(r#"{"max_batch_size": 0}"#, "m").unwrap();
+        assert_eq!(c.settings.max_batch_size, Some(0));
+        let c = parse_json(r#"{"maxBatchSize": "8", "dynamic_batching": {"default_queue_policy": {"max_queue_size": 5}, "preserve_ordering": true}}"#, "m").unwrap();
+        assert_eq!(c.settings.max_batch_size, Some(8));
+        assert_eq!(c.settings.dynamic_batching.unwrap().max_queue_size, 5);
+        assert_eq!(c.ignored, ["dynamic_batching.preserve_ordering"]);
+        assert!(parse_json(r#"{"no_such_field": 1}"#, "m").is_err());
+        assert!(parse_json("{not json", "m").is_err());
     }
 
     #[test]

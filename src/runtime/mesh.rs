@@ -142,11 +142,12 @@ impl ControlPlane {
         &self.shards
     }
 
-    /// Tells every shard to drain by `deadline`. Never blocks: a shard whose inbox is full
-    /// already has a drain pending.
+    /// Tells every shard to drain by `deadline`.
     pub fn drain(&self, deadline: Instant) {
         for s in &self.shards {
-            s.try_send(ShardMsg::Drain { deadline });
+            // The inbox also carries the model manager's messages: wait (briefly) for room
+            // rather than lose the drain.
+            s.send_timeout(ShardMsg::Drain { deadline }, Duration::from_secs(1));
         }
     }
 }

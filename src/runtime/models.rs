@@ -81,7 +81,18 @@ impl Models {
             };
             match msg {
                 Ok(ManagerMsg { from, ticket, call }) => {
-                    let result = self.handle(call);
+                    // A bug or a model file that makes a library panic fails this call, not
+                    // the manager.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.handle(call)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a repository call panicked; this is a bug in friday");
+                        Err(ApiError::internal(
+                            "the repository call failed (see the server log); this is a bug in \
+                             friday",
+                        ))
+                    });
                     if let Some(shard) = self.control.shards().get(from) {
                         let reply = ShardMsg::RepositoryReply { ticket, result };
                         if !shard.send_timeout(reply, PUBLISH_TIMEOUT) {
@@ -93,8 +104,15 @@ impl Models {
                     }
                 }
                 Err(channel::RecvTimeoutError::Timeout) => {
-                    if self.manager.poll() {
-                        self.publish();
+                    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.manager.poll()
+                    }));
+                    match polled {
+                        Ok(true) => self.publish(),
+                        Ok(false) => {}
+                        Err(_) => tracing::error!(
+                            "polling the repository panicked; this is a bug in friday"
+                        ),
                     }
                     next_poll = self.poll_every.map(|d| Instant::now() + d);
                 }

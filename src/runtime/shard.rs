@@ -197,6 +197,10 @@ impl Core {
                 self.retiring.push(slot);
             }
         }
+        // A slot served again (a built-in that a repository model shadowed for a while) is not
+        // retiring any more.
+        let registry = self.service.state().registry();
+        self.retiring.retain(|&s| registry.slot(s).is_none());
         self.retire_idle();
     }
 

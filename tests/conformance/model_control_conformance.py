@@ -99,6 +99,8 @@ def main():
         row = index(client, headers).get((model, ""))
         if model != "nothere":
             check(row is not None and words in row["reason"], f"the index keeps why {model} failed ({row})")
+        else:
+            check(row is None, "a name with no model folder leaves no index row")
     e = error_of(lambda: client.load_model("..", headers=headers))
     check("cannot name a model" in e, f"a model name that is a path is refused ({e})")
     y, v = infer_linear(client, x)
