@@ -123,7 +123,9 @@ fn a_sweep_finds_the_highest_rate_under_the_slo() {
     let s = Server::start(1);
     let url = s.url();
     let (code, out, err) = bench(&format!(
-        "--url {url} --shape INPUT0:16 --sweep 500,1000 --slo 50ms --duration 1s --warmup 200ms"
+        // identity answers in well under a millisecond; the SLO leaves room for a shared
+        // machine's stalls (CI once saw a 54 ms p99 at 1000 req/s), so only a broken sweep fails.
+        "--url {url} --shape INPUT0:16 --sweep 500,1000 --slo 500ms --duration 1s --warmup 200ms"
     ));
     assert_eq!(code, 0, "{out}\n{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -133,7 +135,7 @@ fn a_sweep_finds_the_highest_rate_under_the_slo() {
     );
     assert!(lines[1].contains("1000 req/s"), "{out}");
     assert!(
-        out.contains("highest load with p99 under 50.00 ms before the first miss: 1000 req/s"),
+        out.contains("highest load with p99 under 500.00 ms before the first miss: 1000 req/s"),
         "{out}"
     );
 }
