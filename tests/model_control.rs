@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+/// A server on `repo` with `extra` flags (a model control mode, say).
+fn serve_repository(shards: usize, repo: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--model-repository", repo.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Server::start_with(shards, &args)
+}
+
 /// The repository API through NVIDIA's tritonclient: index, load (with a config override),
 /// reload, unload, failed loads, and, with 2 shards, the API restricted to a header.
 #[test]
@@ -25,19 +32,12 @@ fn tritonclient_loads_reloads_and_unloads_models_in_explicit_mode() {
         "/tests/conformance/model_control_conformance.py"
     );
     for shards in [1, 2] {
-        let mut args = vec![
-            "--model-repository",
-            repo.to_str().unwrap(),
-            "--model-control-mode",
-            "explicit",
-            "--load-model",
-            "linear",
-        ];
+        let mut args = vec!["--model-control-mode", "explicit", "--load-model", "linear"];
         let restricted = shards == 2;
         if restricted {
             args.extend(["--http-restricted-api", "model-repository:admin-key=s3cret"]);
         }
-        let s = Server::start_with(shards, &args);
+        let s = serve_repository(shards, &repo, &args);
         let mut run = Command::new("python3");
         run.arg(script).arg(s.addr.to_string()).arg(&out);
         if restricted {
@@ -59,7 +59,7 @@ fn tritonclient_loads_reloads_and_unloads_models_in_explicit_mode() {
 fn load_and_unload_are_refused_outside_explicit_mode() {
     let out = make_repository("modes");
     let repo = out.join("repository");
-    let s = Server::start_with(1, &["--model-repository", repo.to_str().unwrap()]);
+    let s = serve_repository(1, &repo, &[]);
     let mut c = s.client();
     let r = c.request("POST", "/v2/repository/models/linear/unload", &[], b"");
     assert_eq!(r.status, 400);
@@ -232,16 +232,10 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
     for shards in [1, 2] {
         // Start from version 2 alone, whatever an earlier round added.
         let _ = std::fs::remove_dir_all(repo.join("linear/3"));
-        let s = Server::start_with(
+        let s = serve_repository(
             shards,
-            &[
-                "--model-repository",
-                repo.to_str().unwrap(),
-                "--model-control-mode",
-                "explicit",
-                "--load-model",
-                "linear",
-            ],
+            &repo,
+            &["--model-control-mode", "explicit", "--load-model", "linear"],
         );
         let addr = s.addr;
         // Version 3 is written beforehand: the swap is the load call alone.
@@ -278,11 +272,10 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
 fn a_version_folder_added_while_clients_send_serves_in_poll_mode() {
     let out = make_repository("swap-poll");
     let repo = out.join("repository");
-    let s = Server::start_with(
+    let s = serve_repository(
         2.min(available_cpus()),
+        &repo,
         &[
-            "--model-repository",
-            repo.to_str().unwrap(),
             "--model-control-mode",
             "poll",
             "--repository-poll-secs",
@@ -350,11 +343,10 @@ fn unloading_a_model_answers_the_requests_in_its_queue() {
         "[models.linear]\nmax_batch_size = 8\n\
          [models.linear.dynamic_batching]\nmax_queue_delay_microseconds = 1500000\n",
     );
-    let s = Server::start_with(
+    let s = serve_repository(
         1,
+        &repo,
         &[
-            "--model-repository",
-            repo.to_str().unwrap(),
             "--model-control-mode",
             "explicit",
             "--load-model",
@@ -411,14 +403,10 @@ fn unloading_a_model_answers_the_requests_in_its_queue() {
 fn loads_racing_unloads_leave_a_consistent_server() {
     let out = make_repository("race");
     let repo = out.join("repository");
-    let s = Server::start_with(
+    let s = serve_repository(
         2.min(available_cpus()),
-        &[
-            "--model-repository",
-            repo.to_str().unwrap(),
-            "--model-control-mode",
-            "explicit",
-        ],
+        &repo,
+        &["--model-control-mode", "explicit"],
     );
     let addr = s.addr;
     let racers: Vec<_> = ["load", "unload", "load", "unload"]

@@ -551,13 +551,19 @@ pub fn make_repository_with(tag: &str, args: &[&str]) -> std::path::PathBuf {
     ensure_python("onnx, numpy", &["onnx", "numpy"]);
     let out = std::env::temp_dir().join(format!("friday-models-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
+    run_make_repository(&out, args);
+    out
+}
+
+/// Runs `tests/models/make_repository.py OUT ARGS…`.
+fn run_make_repository(out: &std::path::Path, args: &[&str]) {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/models/make_repository.py"
     );
     let made = Command::new("python3")
         .arg(script)
-        .arg(&out)
+        .arg(out)
         .args(args)
         .output()
         .expect("run make_repository.py");
@@ -566,7 +572,6 @@ pub fn make_repository_with(tag: &str, args: &[&str]) -> std::path::PathBuf {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    out
 }
 
 /// Adds version `version` of `linear` to a repository [`make_repository`] wrote under `out`
@@ -578,22 +583,12 @@ pub fn add_linear_version(out: &std::path::Path, version: u64) {
 /// Writes version `version` of `linear` aside, in `linear/.incoming-{version}` (which a server
 /// ignores), for the caller to rename into place: [`aside_linear_version`] names it.
 pub fn write_linear_version(out: &std::path::Path, version: u64, aside: bool) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/models/make_repository.py"
-    );
-    let made = Command::new("python3")
-        .arg(script)
-        .arg(out)
-        .args(["--linear-version", &version.to_string()])
-        .args(aside.then_some("--aside"))
-        .output()
-        .expect("run make_repository.py");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let version = version.to_string();
+    let mut args = vec!["--linear-version", &version];
+    if aside {
+        args.push("--aside");
+    }
+    run_make_repository(out, &args);
 }
 
 /// Where [`write_linear_version`] leaves a version aside, and where it goes into place.
