@@ -64,7 +64,7 @@ pub const MAX_MAX_BATCH_SIZE: usize = 4096;
 /// Upper bound on `priority_levels` (each level is a queue the batcher walks).
 pub const MAX_PRIORITY_LEVELS: u32 = 64;
 /// The models `[models.<name>]` may configure.
-pub const BUILTIN_MODELS: &[&str] = &["identity", "simple", "synthetic"];
+pub const BUILTIN_MODELS: &[&str] = &["identity", "simple", "synthetic", "tinylm"];
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -132,6 +132,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// How the model repository is managed at run time (Triton's `--model-control-mode`).
     pub model_control: ModelControlConfig,
+    /// Generative models: `generate` and `generate_stream`.
+    pub generate: GenerateConfig,
     /// Per-model serving settings (`[models.<name>]`), with Triton's names.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -486,6 +488,35 @@ impl Default for DrainConfig {
     }
 }
 
+/// Default `generate.max_sequences_per_shard`.
+pub const DEFAULT_MAX_SEQUENCES_PER_SHARD: usize = 64;
+/// Upper bound on `generate.max_sequences_per_shard`.
+pub const MAX_MAX_SEQUENCES_PER_SHARD: usize = 4096;
+/// Default `generate.stream_buffer_bytes`.
+pub const DEFAULT_STREAM_BUFFER_BYTES: usize = 64 << 10;
+
+/// `[generate]`: how generative models run and stream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateConfig {
+    /// Most generate requests one generative model runs at once on one shard (its running
+    /// batch); more are refused with 429. Each costs a step's share of compute and its state.
+    pub max_sequences_per_shard: usize,
+    /// Most output a stream keeps waiting for its client, in bytes: past it, its sequence sits
+    /// steps out until the client has taken some (a slow reader slows only its own stream and
+    /// pins no more than this).
+    pub stream_buffer_bytes: usize,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            max_sequences_per_shard: DEFAULT_MAX_SEQUENCES_PER_SHARD,
+            stream_buffer_bytes: DEFAULT_STREAM_BUFFER_BYTES,
+        }
+    }
+}
+
 /// A config value that cannot work, with the key that holds it and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -667,6 +698,18 @@ impl Config {
         })?;
         if self.drain.timeout_ms == 0 {
             return Err(invalid("drain.timeout_ms", "must be at least 1 ms"));
+        }
+        if !(1..=MAX_MAX_SEQUENCES_PER_SHARD).contains(&self.generate.max_sequences_per_shard) {
+            return Err(invalid(
+                "generate.max_sequences_per_shard",
+                format!("must be 1 to {MAX_MAX_SEQUENCES_PER_SHARD}"),
+            ));
+        }
+        if !(1024..=(64 << 20)).contains(&self.generate.stream_buffer_bytes) {
+            return Err(invalid(
+                "generate.stream_buffer_bytes",
+                "must be 1 KiB to 64 MiB (1024..=67108864)",
+            ));
         }
         for (name, m) in &self.models {
             validate_model(name, m, self.model_repository.is_some())?;

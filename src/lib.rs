@@ -78,6 +78,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod http;
 pub mod metrics;
 pub mod model;

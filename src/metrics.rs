@@ -93,6 +93,9 @@ pub struct ModelMetrics {
     compute: Recorder,
     batch_size: Recorder,
     outcomes: [Cell<u64>; 5],
+    first_token: Recorder,
+    inter_token: Recorder,
+    tokens: Cell<u64>,
 }
 
 impl ModelMetrics {
@@ -103,7 +106,25 @@ impl ModelMetrics {
             compute: Recorder::new(MAX_NANOS, SIGFIG),
             batch_size: Recorder::new(MAX_BATCH, BATCH_SIGFIG),
             outcomes: Default::default(),
+            first_token: Recorder::new(MAX_NANOS, SIGFIG),
+            inter_token: Recorder::new(MAX_NANOS, SIGFIG),
+            tokens: Cell::new(0),
         }
+    }
+
+    /// Records a generate request's time to its first token (read → generated), in nanoseconds.
+    pub fn first_token_nanos(&self, ns: u64) {
+        self.first_token.record(ns);
+    }
+
+    /// Records the time between two tokens of one sequence, in nanoseconds.
+    pub fn inter_token_nanos(&self, ns: u64) {
+        self.inter_token.record(ns);
+    }
+
+    /// Counts generated tokens.
+    pub fn tokens(&self, n: u64) {
+        self.tokens.set(self.tokens.get() + n);
     }
 
     /// Records a request's whole time (read → encoded), in nanoseconds.
@@ -135,6 +156,9 @@ impl ModelMetrics {
             compute: self.compute.snapshot(),
             batch_size: self.batch_size.snapshot(),
             outcomes: std::array::from_fn(|i| self.outcomes[i].get()),
+            first_token: self.first_token.snapshot(),
+            inter_token: self.inter_token.snapshot(),
+            tokens: self.tokens.get(),
         }
     }
 }
@@ -226,6 +250,12 @@ pub struct ModelMetricsSnapshot {
     pub batch_size: HistogramSnapshot,
     /// Requests by [`Outcome`].
     pub outcomes: [u64; 5],
+    /// Time to first token, ns (generative models).
+    pub first_token: HistogramSnapshot,
+    /// Time between tokens, ns (generative models).
+    pub inter_token: HistogramSnapshot,
+    /// Tokens generated.
+    pub tokens: u64,
 }
 
 impl ModelMetricsSnapshot {
@@ -234,6 +264,9 @@ impl ModelMetricsSnapshot {
         self.queue.merge(&o.queue);
         self.compute.merge(&o.compute);
         self.batch_size.merge(&o.batch_size);
+        self.first_token.merge(&o.first_token);
+        self.inter_token.merge(&o.inter_token);
+        self.tokens += o.tokens;
         for (a, b) in self.outcomes.iter_mut().zip(o.outcomes) {
             *a += b;
         }
@@ -254,6 +287,8 @@ pub struct ShardMetricsSnapshot {
     pub models: Vec<Option<ModelMetricsSnapshot>>,
     /// Requests admitted and not yet answered, per model slot.
     pub queue_depth: Vec<u64>,
+    /// Generate requests running (streaming or not), per model slot.
+    pub active_sequences: Vec<u64>,
     /// Connections open now.
     pub connections_open: u64,
     /// Connections accepted since start.
@@ -299,7 +334,7 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
         )
     };
     type Pick = fn(&ModelMetricsSnapshot) -> &HistogramSnapshot;
-    let histograms: [(&str, &str, Pick, f64, &[f64]); 4] = [
+    let histograms: [(&str, &str, Pick, f64, &[f64]); 6] = [
         (
             "friday_request_duration_seconds",
             "Time from a request's bytes being read to its response being encoded.",
@@ -327,6 +362,21 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             |m| &m.batch_size,
             1.0,
             BATCH_BUCKETS,
+        ),
+        (
+            "friday_time_to_first_token_seconds",
+            "Time from a generate request's bytes being read to its first token (generative \
+             models).",
+            |m| &m.first_token,
+            1e-9,
+            DURATION_BUCKETS,
+        ),
+        (
+            "friday_inter_token_seconds",
+            "Time between two tokens of one generate request (generative models).",
+            |m| &m.inter_token,
+            1e-9,
+            DURATION_BUCKETS,
         ),
     ];
     for (name, help, pick, scale, buckets) in histograms {
@@ -382,6 +432,29 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
         "Requests admitted to a model on a shard and not yet answered.",
         &mut shards.iter().flat_map(|s| {
             s.queue_depth
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| registry.slot(i).is_some())
+                .map(move |(i, &d)| (format!("{},shard=\"{}\"", labels(i), s.shard), d))
+        }),
+    );
+    gauge(
+        &mut out,
+        "friday_generate_tokens_total",
+        "counter",
+        "Tokens generated (generative models); its rate is tokens per second.",
+        &mut merged
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.as_ref().map(|m| (labels(i), m.tokens))),
+    );
+    gauge(
+        &mut out,
+        "friday_generate_active_sequences",
+        "gauge",
+        "Generate requests running on a shard (streams and one-shot), generative models only.",
+        &mut shards.iter().flat_map(|s| {
+            s.active_sequences
                 .iter()
                 .enumerate()
                 .filter(|&(i, _)| registry.slot(i).is_some())

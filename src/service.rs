@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 
 use crate::config::ModelControlMode;
 use crate::error::{ApiError, ErrorKind};
+use crate::generate::GenerateParams;
 use crate::http::{InferenceHeader, Method, Responder, ENCODE_SLICE_BYTES, JSON};
 use crate::metrics::{self, Outcome, ShardMetrics, ShardMetricsSnapshot};
 use crate::model::manager::ConfigOverride;
@@ -87,7 +88,11 @@ impl ServiceState {
                     .collect();
                 ModelDocs {
                     metadata: metadata::model_metadata(meta, &versions),
-                    config: metadata::model_config(meta, &e.serving),
+                    config: metadata::model_config(
+                        meta,
+                        &e.serving,
+                        e.model.generative().is_some(),
+                    ),
                     ready: metadata::model_ready(&meta.name),
                 }
             })
@@ -211,6 +216,19 @@ impl InferJob<'_> {
     }
 }
 
+/// A decoded generate request on its way to its model's decoder.
+#[derive(Debug)]
+pub struct GenerateJob {
+    /// Registry index (slot) of the model.
+    pub model: usize,
+    /// What it asks for.
+    pub params: GenerateParams,
+    /// Server-sent events, one per token (`generate_stream`), or one answer at the end.
+    pub stream: bool,
+    /// When its bytes were read.
+    pub received: Instant,
+}
+
 /// What the runtime must do after [`ShardService::handle`].
 // Returned by value and consumed at once: boxing the large variant would allocate per request.
 #[allow(clippy::large_enum_variant)]
@@ -225,6 +243,8 @@ pub enum Action<'r> {
     Infer(InferJob<'r>),
     /// Ask the model manager, then answer with what it says.
     Repository(RepositoryCall),
+    /// Admit to the model's decoder, then stream or answer what it generates.
+    Generate(GenerateJob),
 }
 
 /// A request's batch ran: its outputs and when things happened.
@@ -364,7 +384,7 @@ impl ShardService {
         let wants_post = matches!(
             route,
             Route::Model {
-                action: ModelAction::Infer,
+                action: ModelAction::Infer | ModelAction::Generate { .. },
                 ..
             } | Route::RepositoryIndex
                 | Route::Repository { .. }
@@ -456,6 +476,40 @@ impl ShardService {
                         return Ok(Action::Gather(Gather::Stats {
                             only: Some(entry.index),
                         }))
+                    }
+                    ModelAction::Generate { stream } => {
+                        let meta = entry.model.metadata();
+                        let decoded = if entry.model.generative().is_none() {
+                            Err(ApiError::invalid(format!(
+                                "model '{}' does not generate text: use its infer endpoint \
+                                 (generate and generate_stream serve decoupled models such as \
+                                 tinylm)",
+                                meta.name
+                            )))
+                        } else {
+                            protocol::generate::decode_generate_request(meta, req.body)
+                        };
+                        return match decoded {
+                            Ok(params) => Ok(Action::Generate(GenerateJob {
+                                model: entry.index,
+                                params,
+                                stream,
+                                received: req.received,
+                            })),
+                            Err(e) => {
+                                self.record_failure(entry.index, req.received, &e);
+                                Err(e)
+                            }
+                        };
+                    }
+                    ModelAction::Infer if entry.model.generative().is_some() => {
+                        let e = ApiError::invalid(format!(
+                            "model '{}' is decoupled (it generates text token by token): use \
+                             /v2/models/{0}/generate or /v2/models/{0}/generate_stream",
+                            entry.model.metadata().name
+                        ));
+                        self.record_failure(entry.index, req.received, &e);
+                        return Err(e);
                     }
                     ModelAction::Infer => {
                         let decoded = protocol::decode_infer_request_into(
@@ -568,6 +622,11 @@ impl ShardService {
             );
             m.outcome(Outcome::Success);
         }
+    }
+
+    /// Counts a request refused before it reached its model (429 at admission, say).
+    pub fn record_refused(&self, model: usize, received: Instant, e: &ApiError) {
+        self.record_failure(model, received, e);
     }
 
     /// Counts a request whose client left before its batch formed (nobody gets an answer).

@@ -294,7 +294,7 @@ fn statistics_count_every_request_on_every_shard() {
             .iter()
             .map(|m| m["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, vec!["identity", "simple", "synthetic"]);
+        assert_eq!(names, vec!["identity", "simple", "synthetic", "tinylm"]);
         assert_eq!(probe.get("/v2/models/nope/stats").status, 404);
     });
 }

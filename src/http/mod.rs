@@ -14,5 +14,5 @@ pub use request::{
 };
 pub use response::{
     reason_phrase, write_chunk, Deferred, Responder, ResponseMode, SliceEncoder, TailPart,
-    CONTINUE_100, ENCODE_SLICE_BYTES, JSON, LAST_CHUNK, OCTET_STREAM,
+    CONTINUE_100, ENCODE_SLICE_BYTES, EVENT_STREAM, JSON, LAST_CHUNK, OCTET_STREAM,
 };

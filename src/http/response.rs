@@ -34,6 +34,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
 
 /// `Content-Type` of JSON bodies.
 pub const JSON: &str = "application/json";
+/// Content type of a stream of server-sent events.
+pub const EVENT_STREAM: &str = "text/event-stream";
 /// `Content-Type` of binary tensor bodies.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -293,6 +295,17 @@ impl<'b> Responder<'b> {
         }
     }
 
+    /// Starts a response whose body is written later, in parts, as it is made (see
+    /// [`write_chunk`]): in chunked coding, or for an HTTP/1.0 client, which has none, as a body
+    /// that ends when the connection closes. Returns whether the body is chunked.
+    pub fn start_stream(&mut self, status: u16, content_type: &str) -> bool {
+        if self.mode.http_1_0 {
+            self.mode.keep_alive = false;
+        }
+        self.head_with(status, content_type, None, None);
+        !self.mode.http_1_0
+    }
+
     fn head(
         &mut self,
         status: u16,
@@ -326,6 +339,7 @@ impl<'b> Responder<'b> {
                 out.extend_from_slice(b"\r\nContent-Length: ");
                 out.extend_from_slice(num.format(n).as_bytes());
             }
+            None if self.mode.http_1_0 => {}
             None => out.extend_from_slice(b"\r\nTransfer-Encoding: chunked"),
         }
         if let Some(n) = inference_header {

@@ -14,6 +14,7 @@ mod registry;
 pub mod repository;
 mod simple;
 mod synthetic;
+pub mod tinylm;
 
 use smallvec::SmallVec;
 
@@ -22,6 +23,7 @@ pub use manager::ModelManager;
 pub use registry::{ModelEntry, ModelRegistry, Serving};
 pub use simple::Simple;
 pub use synthetic::Synthetic;
+pub use tinylm::TinyLm;
 
 use crate::tensor::{DataType, Tensor};
 
@@ -94,6 +96,45 @@ pub trait Model: Send + Sync + 'static {
     fn check_request(&self, _inputs: &[Tensor<'_>]) -> Result<(), String> {
         Ok(())
     }
+
+    /// For a model that writes text token by token: the part the shard's decoder drives. Such a
+    /// model answers `generate` and `generate_stream`, not `infer` (Triton's decoupled models).
+    fn generative(&self) -> Option<&dyn Generative> {
+        None
+    }
+}
+
+/// A model that writes text token by token, many responses to one request (Triton calls such
+/// models decoupled). The shard's decoder ([`crate::generate::Decoder`]) feeds every running
+/// sequence one token per step, all in one call, so requests join and leave the batch at token
+/// boundaries (continuous batching). Each sequence carries a state of [`Generative::state_size`]
+/// floats between steps (a recurrent state, a cache): the model reads and updates it and keeps
+/// nothing per request itself.
+pub trait Generative: Send + Sync {
+    /// The prompt's tokens, never empty (a model starts an empty prompt with a token of its
+    /// own). Text the vocabulary lacks maps to tokens it has.
+    fn tokenize(&self, text: &str) -> Vec<u32>;
+
+    /// Appends the bytes token `t` stands for.
+    fn detokenize(&self, t: u32, out: &mut Vec<u8>);
+
+    /// Tokens in the vocabulary: the width of a row of logits.
+    fn vocab_size(&self) -> usize;
+
+    /// Floats of one sequence's state; a new sequence's state is all zeros.
+    fn state_size(&self) -> usize;
+
+    /// One step for a batch of `tokens.len()` sequences: feeds sequence `i` token `tokens[i]`,
+    /// updates its state (row `i` of `states`, `state_size` floats) and writes the logits of
+    /// its next token into row `i` of `logits` (`vocab_size` floats). `scratch` is the caller's,
+    /// kept between calls so a step allocates nothing.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        states: &mut [f32],
+        logits: &mut [f32],
+        scratch: &mut Vec<f32>,
+    );
 }
 
 /// Reads a little-endian `i32` tensor (the data may be unaligned: it can sit anywhere in a read

@@ -12,6 +12,8 @@ use crate::model::{ModelMetadata, Serving, TensorSpec};
 /// The protocol extensions friday implements, as `GET /v2` lists them. Only what works is listed.
 pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
+    "generate",
+    "generate_stream",
     "model_configuration",
     "model_repository",
     "statistics",
@@ -89,7 +91,8 @@ pub fn model_ready(name: &str) -> Vec<u8> {
 
 /// `GET …/config`: Triton's model configuration as JSON (the fields of config.pbtxt that describe
 /// a model served by friday), with Triton's field names, including its `dynamic_batching`.
-pub fn model_config(meta: &ModelMetadata, serving: &Serving) -> Vec<u8> {
+/// `decoupled`: the model answers a request with many responses (a generative model).
+pub fn model_config(meta: &ModelMetadata, serving: &Serving, decoupled: bool) -> Vec<u8> {
     let b = &serving.dynamic_batching;
     let dynamic_batching = json!({
         "preferred_batch_size": serving.policy.preferred_batch_sizes,
@@ -152,6 +155,7 @@ pub fn model_config(meta: &ModelMetadata, serving: &Serving) -> Vec<u8> {
         "default_model_filename": "",
         "parameters": { "placement": { "string_value": serving.placement.to_string() } },
         "model_warmup": [],
+        "model_transaction_policy": { "decoupled": decoupled },
     }))
     .expect("json! value serializes")
 }
@@ -177,9 +181,12 @@ mod tests {
     fn config_has_tritons_names() {
         let registry = crate::model::ModelRegistry::builtin();
         let simple = registry.lookup("simple", None).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&model_config(Simple::new().metadata(), &simple.serving))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&model_config(
+            Simple::new().metadata(),
+            &simple.serving,
+            false,
+        ))
+        .unwrap();
         assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 0);
         assert_eq!(
             v["dynamic_batching"]["default_queue_policy"]["max_queue_size"],

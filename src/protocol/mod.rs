@@ -6,6 +6,7 @@
 //! byte slices: no sockets, no I/O engine, no clocks; every decoder returns an error for bad input
 //! and never panics. Kept independent of HTTP framing so a gRPC front end can reuse it.
 
+pub mod generate;
 pub mod infer_request;
 pub mod infer_response;
 pub mod json_data;

@@ -13,6 +13,11 @@ pub enum ModelAction {
     Stats,
     /// `POST …/infer`
     Infer,
+    /// `POST …/generate` (`stream: false`) or `…/generate_stream` (Triton's generate extension)
+    Generate {
+        /// Server-sent events, one per token.
+        stream: bool,
+    },
 }
 
 /// A parsed request path.
@@ -84,6 +89,8 @@ pub fn route(path: &str) -> Route<'_> {
                 ["config"] => ModelAction::Config,
                 ["stats"] => ModelAction::Stats,
                 ["infer"] => ModelAction::Infer,
+                ["generate"] => ModelAction::Generate { stream: false },
+                ["generate_stream"] => ModelAction::Generate { stream: true },
                 _ => return Route::NotFound,
             };
             Route::Model {
@@ -156,6 +163,14 @@ mod tests {
         assert_eq!(
             route("/v2/models/m/versions/1/infer"),
             model("m", Some("1"), ModelAction::Infer)
+        );
+        assert_eq!(
+            route("/v2/models/m/generate"),
+            model("m", None, ModelAction::Generate { stream: false })
+        );
+        assert_eq!(
+            route("/v2/models/m/versions/2/generate_stream"),
+            model("m", Some("2"), ModelAction::Generate { stream: true })
         );
     }
 

@@ -39,11 +39,14 @@ use super::mesh::{GatherStart, Snapshot};
 use super::shard::Core;
 use crate::batch::assemble::{self, within, BatchResult};
 use crate::error::{ApiError, ErrorKind};
+use crate::generate::decoder::Taken;
+use crate::generate::Finish;
 use crate::http::{
     write_chunk, Body, Decoded, Deferred, Message, Method, RequestDecoder, Responder, ResponseMode,
-    TailPart, CONTINUE_100, ENCODE_SLICE_BYTES, LAST_CHUNK,
+    TailPart, CONTINUE_100, ENCODE_SLICE_BYTES, EVENT_STREAM, LAST_CHUNK,
 };
-use crate::service::{Action, Gather, InferJob, Ran, Request};
+use crate::protocol::generate::{write_error_event, write_generate_output, write_output_event};
+use crate::service::{Action, Gather, GenerateJob, InferJob, Ran, Request};
 use crate::stats::StatsSnapshot;
 
 /// Stop decoding pipelined requests while this much output waits to be sent.
@@ -208,6 +211,16 @@ enum Parked {
     },
     /// A repository call to the model manager.
     Repository { ticket: u64, head: HeadInfo },
+    /// A generate request in its model's decoder: streaming its tokens as they come
+    /// (`stream: Some(chunked)`, the response head already written), or waiting for the end.
+    Generate {
+        slot: usize,
+        ticket: usize,
+        head: HeadInfo,
+        stream: Option<bool>,
+        /// The stream's head said keep-alive.
+        keep_alive: bool,
+    },
 }
 
 /// What answering a request needs to know of its head once its bytes are gone.
@@ -395,6 +408,8 @@ pub(crate) struct Connection {
     sent: usize,
     scratch: Vec<u8>,
     dechunked: Vec<u8>,
+    /// Text a generate request's decoder released, on its way into an event or an answer.
+    generated: Vec<u8>,
     /// The last response's binary tensor data, still to be sent from where it lies.
     tails: Tails,
     /// The send in flight is from `tails`.
@@ -464,6 +479,7 @@ impl Connection {
             sent: 0,
             scratch: core.pools.write.take(),
             dechunked: Vec::new(),
+            generated: Vec::new(),
             tails: Tails::new(),
             tail_in_flight: false,
             small_streak: 0,
@@ -692,6 +708,11 @@ impl Connection {
 
     /// The outcome a parked request waited for is ready.
     pub(crate) fn resume(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        if matches!(self.parked, Some(Parked::Generate { .. })) {
+            self.resume_generate(core);
+            self.advance(key, core, engine);
+            return;
+        }
         let Some(parked) = self.parked.take() else {
             return;
         };
@@ -759,6 +780,7 @@ impl Connection {
                 }));
                 (answered.ok(), head.keep_alive)
             }
+            Parked::Generate { .. } => unreachable!("resumed by resume_generate"),
         };
         let answered = answered.unwrap_or_else(|| {
             self.write.truncate(mark);
@@ -769,6 +791,138 @@ impl Connection {
         self.after_answer(&answered, keep_alive);
         self.secure_tails(answered.keep, core);
         self.advance(key, core, engine);
+    }
+
+    /// Its generate request's decoder has something for it: tokens to stream, or the end. A
+    /// stream writes one event per wake-up (the text released since the last one), its last
+    /// event with `finish_reason`, or an error event; a one-shot request answers once its
+    /// sequence has ended. A sequence whose client left ends without a word, and the connection
+    /// closes.
+    fn resume_generate(&mut self, core: &mut Core) {
+        let Some(Parked::Generate {
+            slot,
+            ticket,
+            head,
+            stream,
+            keep_alive,
+        }) = self.parked
+        else {
+            return;
+        };
+        let mut text = std::mem::take(&mut self.generated);
+        text.clear();
+        let taken = match core.decoder(slot) {
+            Some(d) if stream.is_none() && !d.ended(ticket) => {
+                self.generated = text;
+                return;
+            }
+            Some(d) => d.take(ticket, &mut text),
+            None => Taken {
+                ended: Some(Finish::Failed(
+                    "the model version is gone from this shard; this is a bug in friday".into(),
+                )),
+                tokens: 0,
+            },
+        };
+        let draining = core.service.is_draining();
+        let keep_open = match stream {
+            Some(chunked) => {
+                self.write_events(core, slot, &text, taken.ended.as_ref(), chunked);
+                keep_alive && chunked && !draining
+            }
+            None => {
+                let date = core.service.date();
+                let mut resp = Responder::new(
+                    &mut self.write,
+                    &mut self.scratch,
+                    &date,
+                    head.mode(draining),
+                );
+                let (name, version) = core
+                    .service
+                    .slot(slot)
+                    .map_or(("?", "?"), |e| (e.name(), e.version.as_str()));
+                match &taken.ended {
+                    Some(Finish::Cancelled) | None => {}
+                    Some(why @ (Finish::Stop | Finish::Length)) => {
+                        write_generate_output(name, version, &text, why.reason(), resp.scratch());
+                        resp.send_scratch(200, &[]);
+                    }
+                    Some(why) => resp.error(&generate_error(why, name)),
+                }
+                resp.keep_alive()
+            }
+        };
+        self.generated = text;
+        let Some(why) = taken.ended else { return };
+        if let Some(d) = core.decoder(slot) {
+            d.remove(ticket);
+        }
+        self.parked = None;
+        let cancelled = why == Finish::Cancelled;
+        let answered = Answered {
+            client_gone: cancelled,
+            ..Answered::new(keep_open && !cancelled)
+        };
+        self.after_answer(&answered, head.keep_alive);
+    }
+
+    /// Writes a stream's events for the text a step released and, if it has ended, its last
+    /// event (or an error event) and the end of the body.
+    fn write_events(
+        &mut self,
+        core: &Core,
+        slot: usize,
+        text: &[u8],
+        ended: Option<&Finish>,
+        chunked: bool,
+    ) {
+        let (name, version) = core
+            .service
+            .slot(slot)
+            .map_or(("?", "?"), |e| (e.name(), e.version.as_str()));
+        let events = &mut self.scratch;
+        events.clear();
+        match ended {
+            None if text.is_empty() => {}
+            None => write_output_event(name, version, text, None, events),
+            Some(Finish::Cancelled) => {}
+            Some(why @ (Finish::Stop | Finish::Length)) => {
+                write_output_event(name, version, text, why.reason(), events)
+            }
+            Some(why) => {
+                if !text.is_empty() {
+                    write_output_event(name, version, text, None, events);
+                }
+                write_error_event(&generate_error(why, name).message, events);
+            }
+        }
+        if chunked {
+            write_chunk(&mut self.write, events);
+            if ended.is_some() {
+                self.write.extend_from_slice(LAST_CHUNK);
+            }
+        } else {
+            self.write.extend_from_slice(events);
+        }
+    }
+
+    /// Lets its streaming sequence run while what waits to be sent is under the stream buffer
+    /// bound, and holds it out of the running batch past it.
+    fn update_room(&mut self, core: &mut Core) {
+        if let Some(Parked::Generate {
+            slot,
+            ticket,
+            stream: Some(_),
+            ..
+        }) = self.parked
+        {
+            let unsent = self.write.len() + self.sending.len() - self.sent;
+            let room = unsent < core.generate.stream_buffer_bytes;
+            if let Some(d) = core.decoder(slot) {
+                d.set_room(ticket, room);
+            }
+        }
     }
 
     /// Whether it is connection `id` and rests in a line.
@@ -798,11 +952,13 @@ impl Connection {
     /// brings its share of the shard's buffer count up to date.
     fn advance(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
         self.step(key, core, engine);
+        self.update_room(core);
         let footprint = self.read.capacity().max(self.reserved)
             + self.write.capacity()
             + self.sending.capacity()
             + self.scratch.capacity()
             + self.dechunked.capacity()
+            + self.generated.capacity()
             + self.tails.kept_bytes;
         core.buffered = core.buffered - self.footprint + footprint;
         self.footprint = footprint;
@@ -885,7 +1041,16 @@ impl Connection {
     }
 
     fn update_phase(&mut self) {
-        let phase = if self.parked.is_some() {
+        // A stream waiting for its client to take what it sent is timed out like any response a
+        // client does not take; waiting for its next token, it is busy.
+        let streaming = matches!(
+            self.parked,
+            Some(Parked::Generate {
+                stream: Some(_),
+                ..
+            })
+        );
+        let phase = if self.parked.is_some() && !(streaming && self.send_in_flight) {
             Phase::Busy
         } else if self.send_in_flight {
             Phase::Write
@@ -1160,6 +1325,7 @@ impl Connection {
                     }
                 }
                 Action::Infer(job) => infer(core, (key, self.id), from_line, job, &mut resp),
+                Action::Generate(job) => generate(core, key, job, &mut resp),
                 Action::Repository(call) => match core.mesh.start_call(key, call, Instant::now()) {
                     Ok(ticket) => Step::Repository { ticket },
                     Err(e) => {
@@ -1203,6 +1369,29 @@ impl Connection {
             }
             Step::Repository { ticket } => {
                 self.parked = Some(Parked::Repository { ticket, head: info });
+                self.phase = Phase::Busy;
+            }
+            Step::Generate {
+                slot,
+                ticket,
+                stream,
+                keep_alive,
+            } => {
+                if stream.is_some() {
+                    // The kernel's send buffer would otherwise grow (autotuning) to megabytes of
+                    // events for a client that does not read: bound it like the stream's own
+                    // buffer, so a slow reader holds the model back within a few hundred KiB.
+                    // (It stays so for the connection's later requests.)
+                    let _ = socket2::SockRef::from(&self.fd)
+                        .set_send_buffer_size(core.generate.stream_buffer_bytes);
+                }
+                self.parked = Some(Parked::Generate {
+                    slot,
+                    ticket,
+                    head: info,
+                    stream,
+                    keep_alive,
+                });
                 self.phase = Phase::Busy;
             }
         }
@@ -1259,6 +1448,56 @@ enum Step {
     Gather { what: Gather, ticket: u64 },
     /// It waits for the model manager.
     Repository { ticket: u64 },
+    /// It runs in its model's decoder (see [`Parked::Generate`]).
+    Generate {
+        slot: usize,
+        ticket: usize,
+        stream: Option<bool>,
+        keep_alive: bool,
+    },
+}
+
+/// Admits a generate request to its model's decoder; a stream's response head is written now.
+fn generate(core: &mut Core, key: usize, job: GenerateJob, resp: &mut Responder<'_>) -> Step {
+    let admitted = match core.decoder(job.model) {
+        Some(d) => d.admit(key, &job.params, job.stream, job.received),
+        None => Err(ApiError::unavailable(format!(
+            "model '{}' cannot generate on this shard: it has no decoder here; this is a bug in \
+             friday",
+            core.service.slot(job.model).map_or("?", |e| e.name())
+        ))),
+    };
+    match admitted {
+        Ok(ticket) => {
+            let stream = job.stream.then(|| resp.start_stream(200, EVENT_STREAM));
+            Step::Generate {
+                slot: job.model,
+                ticket,
+                stream,
+                keep_alive: resp.keep_alive(),
+            }
+        }
+        Err(e) => {
+            core.service.record_refused(job.model, job.received, &e);
+            resp.error(&e);
+            Step::Answered(Answered::new(resp.keep_alive()))
+        }
+    }
+}
+
+/// The error a generate request that did not end normally answers (or sends as its stream's
+/// last event).
+fn generate_error(why: &Finish, model: &str) -> ApiError {
+    match why {
+        Finish::TimedOut => ApiError::new(
+            ErrorKind::TimedOut,
+            format!("model '{model}': the request's timeout passed while it was generating"),
+        ),
+        Finish::Failed(e) => ApiError::internal(e.clone()),
+        Finish::Stop | Finish::Length | Finish::Cancelled => {
+            ApiError::internal("a generate request ended normally; this is a bug in friday")
+        }
+    }
 }
 
 /// Runs an infer request at once if its model is inline and idle; otherwise submits it.

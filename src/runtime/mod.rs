@@ -93,6 +93,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
             address,
             state: state.clone(),
             http: config.http.clone(),
+            generate: config.generate.clone(),
             inbox,
             peers: peers.clone(),
             manager: calls_tx.clone(),

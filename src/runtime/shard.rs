@@ -14,7 +14,9 @@
 //!    when the doorbell rang;
 //! 4. poll the batchers that have something to do and resume the connections whose outcome is
 //!    ready (a resumed connection may submit again, so this repeats a few times);
-//! 5. on a tick: refresh the `Date` header, time out connections, look for clients that hung up.
+//! 5. run one step of each generative model's running batch (its decoder) and resume the
+//!    connections that have tokens to stream or an answer to send;
+//! 6. on a tick: refresh the `Date` header, time out connections, look for clients that hung up.
 //!
 //! No futures, no wakers, no timers per request: deadlines are checked by the batching policy
 //! and the sweep, against the loop's clock.
@@ -39,9 +41,11 @@ use super::buffers::BufferPool;
 use super::connection::{Connection, Phase, LINGER_TIME};
 use super::engine::{Doorbell, Engine, EngineKind, Event};
 use super::mesh::{Inbox, Mailbox, ManagerMsg, Mesh, ShardMsg, Snapshot};
-use crate::config::HttpConfig;
+use crate::config::{GenerateConfig, HttpConfig};
 use crate::error::ApiError;
+use crate::generate::Decoder;
 use crate::http::{Limits, Responder, ResponseMode};
+use crate::model::ModelEntry;
 use crate::service::{Gather, ServiceState, ShardService};
 
 /// Initial size of a connection's read buffer; it grows for larger requests.
@@ -84,6 +88,8 @@ pub(crate) struct ShardSetup {
     pub state: Arc<ServiceState>,
     /// `[http]` settings.
     pub http: HttpConfig,
+    /// `[generate]` settings.
+    pub generate: GenerateConfig,
     /// Its doorbell and inboxes.
     pub inbox: Inbox,
     /// How long to poll for more work after activity before sleeping.
@@ -117,6 +123,10 @@ pub(crate) struct Core {
     pub service: ShardService,
     /// One per model slot the shard holds.
     pub batchers: Batchers,
+    /// One per generative model slot the shard holds, by slot.
+    pub decoders: Vec<Option<Decoder>>,
+    /// `[generate]` settings.
+    pub generate: GenerateConfig,
     /// Slots gone from the served generation whose batchers still hold requests.
     retiring: Vec<usize>,
     cpu: usize,
@@ -149,6 +159,11 @@ impl Core {
                     }
                     m.queue_depth[b.slot()] = b.outstanding() as u64;
                 }
+                m.active_sequences = self
+                    .decoders
+                    .iter()
+                    .map(|d| d.as_ref().map_or(0, |d| d.active() as u64))
+                    .collect();
                 m.connections_open = self.open as u64;
                 m.connections_accepted = self.accepted;
                 for pool in [&self.pools.read, &self.pools.write, &*self.pools.tensor] {
@@ -185,6 +200,11 @@ impl Core {
             if self.batchers.get(entry.index).is_some() {
                 continue;
             }
+            put_decoder(
+                &mut self.decoders,
+                entry,
+                self.generate.max_sequences_per_shard,
+            );
             match Batcher::new(entry, self.cpu, &self.bell) {
                 Ok(b) => self.batchers.insert(b),
                 Err(e) => {
@@ -208,22 +228,49 @@ impl Core {
     /// metrics.
     pub(crate) fn retire_idle(&mut self) {
         let (batchers, service) = (&mut self.batchers, &mut self.service);
+        let decoders = &mut self.decoders;
         self.retiring.retain(|&slot| {
             let idle = batchers
                 .get(slot)
-                .is_none_or(|b| b.is_idle() && !b.has_line());
+                .is_none_or(|b| b.is_idle() && !b.has_line())
+                && decoder(decoders, slot).is_none_or(|d| d.is_idle());
             if idle {
                 drop(batchers.remove(slot));
+                if let Some(d) = decoders.get_mut(slot) {
+                    *d = None;
+                }
                 service.forget(slot);
             }
             !idle
         });
     }
 
+    /// The decoder of generative model slot `slot`.
+    pub(crate) fn decoder(&mut self, slot: usize) -> Option<&mut Decoder> {
+        decoder(&mut self.decoders, slot)
+    }
+
     /// Whether versions are retiring.
     fn has_retiring(&self) -> bool {
         !self.retiring.is_empty()
     }
+}
+
+/// A decoder for `entry` in `decoders`, if its model is generative and it has none.
+fn put_decoder(decoders: &mut Vec<Option<Decoder>>, entry: &ModelEntry, max_sequences: usize) {
+    if decoders.get(entry.index).is_some_and(Option::is_some) {
+        return;
+    }
+    if let Some(d) = Decoder::new(entry.model.clone(), max_sequences) {
+        if decoders.len() <= entry.index {
+            decoders.resize_with(entry.index + 1, || None);
+        }
+        decoders[entry.index] = Some(d);
+    }
+}
+
+fn decoder(decoders: &mut [Option<Decoder>], slot: usize) -> Option<&mut Decoder> {
+    decoders.get_mut(slot).and_then(Option::as_mut)
 }
 
 /// One shard.
@@ -275,6 +322,7 @@ impl Shard {
             address,
             state,
             http,
+            generate,
             inbox,
             peers,
             manager,
@@ -287,8 +335,10 @@ impl Shard {
         let engine = Engine::new(engine, listener.as_raw_fd(), inbox.bell.as_raw_fd())
             .map_err(|e| format!("cannot set up the {engine} engine: {e}"))?;
         let mut batchers = Batchers::default();
+        let mut decoders = Vec::new();
         for entry in state.registry().entries() {
             batchers.insert(Batcher::new(entry, cpu, &inbox.bell)?);
+            put_decoder(&mut decoders, entry, generate.max_sequences_per_shard);
         }
         let models: Vec<String> = state
             .registry()
@@ -306,6 +356,8 @@ impl Shard {
                 id,
                 service: ShardService::new(state),
                 batchers,
+                decoders,
+                generate,
                 retiring: Vec::new(),
                 cpu,
                 bell: inbox.bell.clone(),
@@ -376,6 +428,7 @@ impl Shard {
             }
             self.events = events;
             self.run_batchers();
+            self.run_decoders();
             self.release_lines();
             let now = Instant::now();
             if active {
@@ -403,7 +456,10 @@ impl Shard {
 
     /// How long the next wait may sleep.
     fn timeout(&self, now: Instant, next_tick: Instant) -> Duration {
-        if self.core.batchers.iter().any(Batcher::is_dirty) || !self.core.ready.is_empty() {
+        if self.core.batchers.iter().any(Batcher::is_dirty)
+            || !self.core.ready.is_empty()
+            || self.core.decoders.iter().flatten().any(Decoder::runnable)
+        {
             return Duration::ZERO;
         }
         let mut until = next_tick;
@@ -560,16 +616,49 @@ impl Shard {
             if self.core.ready.is_empty() {
                 return;
             }
-            let mut ready = std::mem::take(&mut self.core.ready);
-            for key in ready.drain(..) {
-                if let Some(c) = self.conns.get_mut(key) {
-                    c.resume(key, &mut self.core, &mut self.engine);
-                }
-                self.reap(key);
+            self.resume_ready();
+        }
+    }
+
+    /// Resumes the connections whose outcome is ready.
+    fn resume_ready(&mut self) {
+        let mut ready = std::mem::take(&mut self.core.ready);
+        for key in ready.drain(..) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.resume(key, &mut self.core, &mut self.engine);
             }
-            // Keep the allocation; anything pushed meanwhile is for the next round.
-            ready.append(&mut self.core.ready);
-            self.core.ready = ready;
+            self.reap(key);
+        }
+        // Keep the allocation; anything pushed meanwhile is for the next round.
+        ready.append(&mut self.core.ready);
+        self.core.ready = ready;
+    }
+
+    /// Runs one step of every generative model's running batch (each sequence with room gets
+    /// one token; those whose client left or whose deadline passed end) and resumes the
+    /// connections with something to send. One step per loop turn: the engine's events come
+    /// between steps, so streaming never starves I/O.
+    fn run_decoders(&mut self) {
+        let now = Instant::now();
+        let conns = &self.conns;
+        let core = &mut self.core;
+        let mut stepped = false;
+        for (slot, d) in core.decoders.iter_mut().enumerate() {
+            let Some(d) = d else { continue };
+            if d.active() == 0 {
+                continue;
+            }
+            let gone = |c: usize| conns.get(c).is_none_or(Connection::is_gone);
+            d.step(
+                now,
+                gone,
+                &mut core.ready,
+                core.service.metrics().model(slot),
+            );
+            stepped = true;
+        }
+        if stepped && !self.core.ready.is_empty() {
+            self.resume_ready();
         }
     }
 

@@ -304,6 +304,75 @@ impl Client {
         self.read_response_to(false)
     }
 
+    /// Reads a response head only (status and headers); the body is read with
+    /// [`Client::read_chunk`].
+    pub fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("valid response head")
+            {
+                let status = r.code.unwrap();
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buf.drain(..n);
+                return (status, headers);
+            }
+            self.fill();
+        }
+    }
+
+    /// Reads the next chunk of a chunked body; `None` at the last (empty) chunk.
+    pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let line_end = loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            self.fill();
+        };
+        let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+        let size = usize::from_str_radix(size, 16).expect("a chunk size in hex");
+        while self.buf.len() < line_end + 2 + size + 2 {
+            self.fill();
+        }
+        let data = line_end + 2;
+        assert_eq!(
+            &self.buf[data + size..data + size + 2],
+            b"\r\n",
+            "chunk framing"
+        );
+        let chunk = self.buf[data..data + size].to_vec();
+        self.buf.drain(..data + size + 2);
+        (size > 0).then_some(chunk)
+    }
+
+    /// Reads server-sent events until the stream's next chunk; `None` once the body has ended.
+    /// Each event's `data:` is parsed as JSON.
+    pub fn read_events(&mut self) -> Option<Vec<Value>> {
+        let chunk = self.read_chunk()?;
+        let text = String::from_utf8(chunk).expect("events are UTF-8");
+        Some(
+            text.split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    let data = e
+                        .strip_prefix("data: ")
+                        .unwrap_or_else(|| panic!("not an event: {e:?}"));
+                    serde_json::from_str(data)
+                        .unwrap_or_else(|_| panic!("event data is not JSON: {data}"))
+                })
+                .collect(),
+        )
+    }
+
     fn fill(&mut self) {
         let mut chunk = [0u8; 65536];
         let n = self.stream.read(&mut chunk).expect("read from friday");
