@@ -317,6 +317,11 @@ pub struct HttpConfig {
     pub max_buffered_bytes_per_shard: Option<u64>,
     /// Listen backlog per shard.
     pub listen_backlog: u32,
+    /// Large binary outputs leave from the buffer the model wrote; a send of at least this many
+    /// bytes goes zero-copy (io_uring `SEND_ZC`, or `MSG_ZEROCOPY` on the epoll engine). 0, the
+    /// default, never: measured over loopback (`benches/send_paths.rs`) zero copy is slower at
+    /// every size, since the receiver copies anyway; over a NIC, measure before turning it on.
+    pub zerocopy_send_min_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -333,6 +338,7 @@ impl Default for HttpConfig {
             min_send_bytes_per_second: DEFAULT_MIN_SEND_BYTES_PER_SECOND,
             max_buffered_bytes_per_shard: None,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            zerocopy_send_min_bytes: 0,
         }
     }
 }

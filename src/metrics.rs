@@ -297,6 +297,8 @@ pub struct ShardMetricsSnapshot {
     pub buffers_taken: u64,
     /// Of those, how many were reused rather than allocated.
     pub buffers_reused: u64,
+    /// Sends that went zero-copy.
+    pub zerocopy_sends: u64,
 }
 
 /// A per-shard series: name, Prometheus type, help, and how to read it from a snapshot.
@@ -472,7 +474,7 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             .iter()
             .map(|e| (labels(e.index), e.resident_bytes)),
     );
-    let per_shard: [ShardSeries; 4] = [
+    let per_shard: [ShardSeries; 5] = [
         (
             "friday_connections_open",
             "gauge",
@@ -496,6 +498,12 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
             "counter",
             "Buffers reused from the pools rather than allocated.",
             |s| s.buffers_reused,
+        ),
+        (
+            "friday_zerocopy_sends_total",
+            "counter",
+            "Sends of large outputs that went zero-copy (http.zerocopy_send_min_bytes).",
+            |s| s.zerocopy_sends,
         ),
     ];
     for (name, kind, help, pick) in per_shard {

@@ -364,3 +364,28 @@ fn sixty_four_streams_on_two_shards_all_complete() {
     );
     assert_eq!(ttft, 64.0);
 }
+
+#[test]
+fn a_real_sse_client_reads_tokens_as_they_come() {
+    ensure_python("requests", &["requests"]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/generate_stream_client.py"
+    );
+    for shards in [1, 2] {
+        let server = Server::start(shards);
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .arg(server.addr.to_string())
+            .output()
+            .expect("run the SSE client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success(),
+            "the SSE client failed with {shards} shard(s):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("all checks passed"));
+    }
+}

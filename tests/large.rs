@@ -185,3 +185,56 @@ fn a_large_json_answer_is_written_in_slices_and_equals_the_whole() {
         );
     }
 }
+
+/// FNV-1a over `bytes`: the checksum the zero-copy test compares.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn outputs_of_1_and_64_mib_arrive_intact_with_zero_copy_sends_on_and_off() {
+    for (zero_copy_min, shards) in [(0, 1), (256 << 10, 1), (256 << 10, 2)] {
+        let cfg = config_file(
+            &format!("zerocopy-{zero_copy_min}-{shards}"),
+            &format!(
+                "[http]\nzerocopy_send_min_bytes = {zero_copy_min}\nmax_body_bytes = {}\n",
+                80 * MIB
+            ),
+        );
+        let s = Server::start_with(shards, &["--config", cfg.to_str().unwrap()]);
+        for size in [MIB, 64 * MIB] {
+            let data = pattern(size / 4);
+            let mut c = s.client();
+            c.send(&identity_binary_request(&data, true));
+            let r = c.read_response();
+            assert_eq!(
+                r.status,
+                200,
+                "{size} bytes: {}",
+                String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+            );
+            let tail = binary_tail(&r);
+            assert_eq!(tail.len(), size);
+            assert_eq!(
+                checksum(tail),
+                checksum(&data),
+                "{size} bytes, zero copy from {zero_copy_min}"
+            );
+            assert_eq!(c.get("/v2/health/ready").status, 200);
+        }
+        let sent_zero_copy: f64 = scrape(&s)
+            .iter()
+            .filter(|m| m.name == "friday_zerocopy_sends_total")
+            .map(|m| m.value)
+            .sum();
+        println!("zero copy from {zero_copy_min} bytes, {shards} shard(s): {sent_zero_copy} zero-copy sends");
+        if zero_copy_min == 0 {
+            assert_eq!(sent_zero_copy, 0.0);
+        } else {
+            // 65 MiB in 512 KiB sends.
+            assert!(sent_zero_copy >= 130.0, "{sent_zero_copy} zero-copy sends");
+        }
+    }
+}

@@ -25,7 +25,9 @@ pub const VOCAB: usize = 96;
 /// Seed of the weights.
 const WEIGHT_SEED: u64 = 0x7197_11a0;
 /// How much the head's output adds to the text's character statistics.
-const HEAD_WEIGHT: f32 = 1.0;
+const HEAD_WEIGHT: f32 = 0.5;
+/// Count every character pair starts with, so pairs the text lacks stay possible but rare.
+const BIGRAM_SMOOTHING: f32 = 0.02;
 
 /// The text whose character statistics shape what tinylm writes.
 const CORPUS: &str = include_str!("tinylm.txt");
@@ -46,7 +48,7 @@ pub struct TinyLm {
     layers: Vec<Gru>,
     /// `[HIDDEN, VOCAB]`.
     head: Vec<f32>,
-    /// `[VOCAB, VOCAB]`: log P(next | current) in the corpus, add-one smoothed.
+    /// `[VOCAB, VOCAB]`: log P(next | current) in the corpus, smoothed (`BIGRAM_SMOOTHING`).
     bigram: Vec<f32>,
 }
 
@@ -108,9 +110,9 @@ fn byte_of(t: u32) -> u8 {
     }
 }
 
-/// log P(next | current) over the corpus's characters, add-one smoothed.
+/// log P(next | current) over the corpus's characters, smoothed (`BIGRAM_SMOOTHING`).
 fn bigram(corpus: &str) -> Vec<f32> {
-    let mut counts = vec![1.0f32; VOCAB * VOCAB];
+    let mut counts = vec![BIGRAM_SMOOTHING; VOCAB * VOCAB];
     let tokens: Vec<u32> = corpus.bytes().map(token_of).collect();
     for w in tokens.windows(2) {
         counts[w[0] as usize * VOCAB + w[1] as usize] += 1.0;

@@ -661,7 +661,7 @@ impl Connection {
                     if self.tails.advance(n) {
                         // Progress: the client is reading. Send the rest (which restarts the
                         // clock).
-                        self.send_tail(key, engine);
+                        self.send_tail(key, core, engine);
                         return;
                     }
                     self.tails.finish(&core.pools.tensor);
@@ -984,7 +984,7 @@ impl Connection {
                         self.tails.finish(&core.pools.tensor);
                     }
                 } else {
-                    self.send_tail(key, engine);
+                    self.send_tail(key, core, engine);
                 }
             }
             if !self.send_in_flight && !self.write.is_empty() {
@@ -1102,18 +1102,28 @@ impl Connection {
         self.sending_started();
     }
 
-    /// Sends the rest of the current deferred tail from where it lies.
-    fn send_tail(&mut self, key: usize, engine: &mut Engine) {
+    /// Sends the rest of the current deferred tail from where it lies; zero-copy if the tail is
+    /// large enough (`http.zerocopy_send_min_bytes`).
+    fn send_tail(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
         let TailPart::Raw { addr, len } = self.tails.d.parts[self.tails.next] else {
             unreachable!("only raw parts are sent as they lie");
         };
         let off = self.tails.off;
+        let zero_copy = core.zerocopy_min > 0 && len >= core.zerocopy_min;
         let len = (len - off).min(MAX_IO_BYTES);
+        let buf = (addr + off) as *const u8;
         // SAFETY: `secure_tails` checked that the stretch lies in memory this connection keeps:
         // its read or dechunk buffer, which are neither changed nor freed while tails are
         // pending (nothing is read or decoded), or `tails.keep`, freed only once they are sent or
-        // the connection has finished.
-        unsafe { engine.send(key, self.fd.as_raw_fd(), (addr + off) as *const u8, len) };
+        // the connection has finished. A zero-copy send's event comes only once the kernel is
+        // done with the buffer, so the same holds for it.
+        if zero_copy {
+            if unsafe { engine.send_zc(key, self.fd.as_raw_fd(), buf, len) } {
+                core.zerocopy_sends += 1;
+            }
+        } else {
+            unsafe { engine.send(key, self.fd.as_raw_fd(), buf, len) };
+        }
         self.tail_in_flight = true;
         self.tails.started = true;
         self.sending_started();

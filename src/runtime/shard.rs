@@ -142,6 +142,10 @@ pub(crate) struct Core {
     /// up to date), and the most they may hold.
     pub buffered: usize,
     pub buffer_budget: usize,
+    /// Sends of at least this many bytes from a model's buffer go zero-copy (0: never).
+    pub zerocopy_min: usize,
+    /// Sends that went zero-copy.
+    pub zerocopy_sends: u64,
     open: usize,
     accepted: u64,
 }
@@ -165,6 +169,7 @@ impl Core {
                     .map(|d| d.as_ref().map_or(0, |d| d.active() as u64))
                     .collect();
                 m.connections_open = self.open as u64;
+                m.zerocopy_sends = self.zerocopy_sends;
                 m.connections_accepted = self.accepted;
                 for pool in [&self.pools.read, &self.pools.write, &*self.pools.tensor] {
                     let (taken, reused) = pool.reuse();
@@ -334,6 +339,20 @@ impl Shard {
         let listener: OwnedFd = listener.into();
         let engine = Engine::new(engine, listener.as_raw_fd(), inbox.bell.as_raw_fd())
             .map_err(|e| format!("cannot set up the {engine} engine: {e}"))?;
+        if http.zerocopy_send_min_bytes > 0 {
+            match engine.zero_copy() {
+                Ok(how) => info!(
+                    shard = id,
+                    min_bytes = http.zerocopy_send_min_bytes,
+                    "large outputs go zero-copy ({how})"
+                ),
+                Err(why) => warn!(
+                    shard = id,
+                    "http.zerocopy_send_min_bytes is set but zero-copy sends are unavailable \
+                     ({why}); large outputs are sent by copy"
+                ),
+            }
+        }
         let mut batchers = Batchers::default();
         let mut decoders = Vec::new();
         for entry in state.registry().entries() {
@@ -377,6 +396,8 @@ impl Shard {
                 ready: Vec::new(),
                 buffered: 0,
                 buffer_budget: usize::try_from(buffer_budget).unwrap_or(usize::MAX),
+                zerocopy_min: http.zerocopy_send_min_bytes,
+                zerocopy_sends: 0,
                 open: 0,
                 accepted: 0,
             },

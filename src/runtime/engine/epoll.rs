@@ -6,6 +6,12 @@
 //! bytes (or room) behind it: a receive is tried at once when it may, and otherwise waits for the
 //! next edge. A short read or write means the edge is used up (the kernel buffer was drained or
 //! filled), which saves the `EAGAIN` round trip nginx also saves.
+//!
+//! A zero-copy send is `send(MSG_ZEROCOPY)` on a socket with `SO_ZEROCOPY`. The kernel says when
+//! it no longer reads the buffer by a completion on the socket's error queue (which raises
+//! `EPOLLERR`); the send's [`Event::Sent`] waits for it, so the buffer rule holds unchanged.
+//! Where the socket refuses `SO_ZEROCOPY`, or the kernel runs out of option memory for a send
+//! (`ENOBUFS`), the send is a plain one.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -30,6 +36,9 @@ const ACCEPTS_PER_WAIT: usize = 128;
 /// listener is edge-triggered, so nothing else would retry it, and retrying at once would spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
+/// `SO_EE_ORIGIN_ZEROCOPY`: a MSG_ZEROCOPY completion in the error queue.
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+
 /// A pending operation: buffer and length, valid until its event (the engine's contract).
 #[derive(Clone, Copy)]
 struct Op<P> {
@@ -49,6 +58,14 @@ struct Slot {
     read_closed: bool,
     recv: Option<Op<*mut u8>>,
     send: Option<Op<*const u8>>,
+    /// The pending send is to go zero-copy.
+    send_zc: bool,
+    /// `SO_ZEROCOPY` is on for the socket.
+    zerocopy: bool,
+    /// Zero-copy sends the socket has made (the kernel numbers its completions by this count).
+    zc_made: u32,
+    /// A zero-copy send that went out and waits for its completion: its number and result.
+    zc_wait: Option<(u32, io::Result<usize>)>,
 }
 
 /// One shard's epoll engine.
@@ -67,6 +84,8 @@ pub(crate) struct EpollEngine {
     done: Vec<Event>,
     /// (token, readable, writable, read side closed) per event of the last wait.
     ready: Vec<(Token, bool, bool, bool)>,
+    /// A socket refused `SO_ZEROCOPY`: zero-copy sends are plain ones from then on.
+    zerocopy_refused: bool,
 }
 
 impl EpollEngine {
@@ -87,6 +106,7 @@ impl EpollEngine {
             slots: Vec::new(),
             done: Vec::new(),
             ready: Vec::new(),
+            zerocopy_refused: false,
         })
     }
 
@@ -106,6 +126,10 @@ impl EpollEngine {
             read_closed: false,
             recv: None,
             send: None,
+            send_zc: false,
+            zerocopy: false,
+            zc_made: 0,
+            zc_wait: None,
         };
         Ok(())
     }
@@ -136,8 +160,99 @@ impl EpollEngine {
         debug_assert_eq!(slot.fd, fd);
         debug_assert!(slot.send.is_none(), "one send in flight per connection");
         slot.send = Some(Op { buf, len });
+        slot.send_zc = false;
         if slot.writable {
             self.try_send(conn);
+        }
+    }
+
+    /// Whether zero-copy sends can work here.
+    pub(crate) fn zero_copy(&self) -> Result<&'static str, &'static str> {
+        if self.zerocopy_refused {
+            Err("a socket refused SO_ZEROCOPY")
+        } else {
+            Ok("MSG_ZEROCOPY")
+        }
+    }
+
+    /// Sends like [`EpollEngine::send`], with `MSG_ZEROCOPY` where the socket takes
+    /// `SO_ZEROCOPY`; returns whether it asked for zero copy (the kernel may still copy, or the
+    /// send fall back to a plain one on `ENOBUFS`).
+    ///
+    /// # Safety
+    /// See [`super::Engine::send`].
+    pub(crate) unsafe fn send_zc(
+        &mut self,
+        conn: usize,
+        fd: RawFd,
+        buf: *const u8,
+        len: usize,
+    ) -> bool {
+        let refused = &mut self.zerocopy_refused;
+        let slot = &mut self.slots[conn];
+        if !slot.zerocopy && !*refused {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt on the connection's socket with a c_int we own.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ZEROCOPY,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            slot.zerocopy = r == 0;
+            *refused = !slot.zerocopy;
+        }
+        let zc = slot.zerocopy;
+        debug_assert_eq!(slot.fd, fd);
+        debug_assert!(slot.send.is_none(), "one send in flight per connection");
+        slot.send = Some(Op { buf, len });
+        slot.send_zc = zc;
+        if slot.writable {
+            self.try_send(conn);
+        }
+        zc
+    }
+
+    /// Reads the zero-copy completions on connection `conn`'s error queue; reports its pending
+    /// zero-copy send once the kernel is done with its buffer.
+    fn read_zc_completions(&mut self, conn: usize) {
+        let slot = &mut self.slots[conn];
+        let Some((id, _)) = slot.zc_wait else { return };
+        let mut done = false;
+        loop {
+            let mut control = [0u64; 16];
+            // SAFETY: a recvmsg on the connection's socket into buffers we own; the control
+            // message, if any, is read within the bytes the kernel wrote.
+            let range = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control);
+                if libc::recvmsg(slot.fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) < 0 {
+                    break;
+                }
+                let cmsg = libc::CMSG_FIRSTHDR(&msg);
+                if cmsg.is_null() {
+                    continue;
+                }
+                let err = std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err
+                );
+                if err.ee_origin != SO_EE_ORIGIN_ZEROCOPY {
+                    continue;
+                }
+                (err.ee_info, err.ee_data)
+            };
+            // Completions cover ranges of send numbers, in order (wrapping at 2^32).
+            if id.wrapping_sub(range.0) <= range.1.wrapping_sub(range.0) {
+                done = true;
+            }
+        }
+        if done {
+            let (_, result) = slot.zc_wait.take().expect("checked above");
+            self.done.push(Event::Sent { conn, result });
         }
     }
 
@@ -171,11 +286,21 @@ impl EpollEngine {
         let slot = &mut self.slots[conn];
         let Some(op) = slot.send else { return };
         let result = loop {
+            let flags = if slot.send_zc {
+                libc::MSG_NOSIGNAL | libc::MSG_ZEROCOPY
+            } else {
+                libc::MSG_NOSIGNAL
+            };
             // SAFETY: the buffer is valid and unchanged for `len` bytes until this operation's
             // event (the engine's contract).
-            let r = unsafe { libc::send(slot.fd, op.buf.cast(), op.len, libc::MSG_NOSIGNAL) };
+            let r = unsafe { libc::send(slot.fd, op.buf.cast(), op.len, flags) };
             match syscall_result(r) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of option memory for the completion: send it the plain way.
+                Err(e) if slot.send_zc && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    slot.send_zc = false;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     slot.writable = false;
                     return;
@@ -188,6 +313,13 @@ impl EpollEngine {
             }
         };
         slot.send = None;
+        if std::mem::take(&mut slot.send_zc) && result.as_ref().is_ok_and(|&n| n > 0) {
+            // The buffer is the kernel's until the completion: the event waits for it.
+            slot.zc_wait = Some((slot.zc_made, result));
+            slot.zc_made = slot.zc_made.wrapping_add(1);
+            self.read_zc_completions(conn);
+            return;
+        }
         self.done.push(Event::Sent { conn, result });
     }
 
@@ -279,6 +411,10 @@ impl EpollEngine {
                     }
                     if writable {
                         self.try_send(conn);
+                    }
+                    // A zero-copy completion raises EPOLLERR (counted as readable above).
+                    if readable && self.slots[conn].zc_wait.is_some() {
+                        self.read_zc_completions(conn);
                     }
                 }
             }

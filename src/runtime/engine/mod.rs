@@ -111,6 +111,9 @@ pub fn select(choice: EngineChoice) -> Result<EngineSelection, String> {
 /// inlinable. (Public so that `benches/engine.rs` measures this code, not a copy of it.)
 pub struct Engine(Inner);
 
+// One per shard, made once and never moved: the size gap costs a few hundred bytes per shard, a
+// box would cost an indirection per operation.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Uring(UringEngine),
     Epoll(EpollEngine),
@@ -165,6 +168,31 @@ impl Engine {
             Inner::Uring(e) => unsafe { e.send(conn, fd, buf, len) },
             // SAFETY: forwarded contract.
             Inner::Epoll(e) => unsafe { e.send(conn, fd, buf, len) },
+        }
+    }
+
+    /// Sends like [`Engine::send`], without copying `buf` into the kernel where the engine can
+    /// (io_uring's `SEND_ZC`): worth it for large buffers only (see `benches/send_paths.rs`).
+    /// Its event comes once the kernel no longer reads `buf`. Returns whether it went zero-copy;
+    /// where it cannot, it is a plain send.
+    ///
+    /// # Safety
+    /// As for [`Engine::send`].
+    pub unsafe fn send_zc(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) -> bool {
+        match &mut self.0 {
+            // SAFETY: forwarded contract.
+            Inner::Uring(e) => unsafe { e.send_zc(conn, fd, buf, len) },
+            // SAFETY: forwarded contract.
+            Inner::Epoll(e) => unsafe { e.send_zc(conn, fd, buf, len) },
+        }
+    }
+
+    /// Whether [`Engine::send_zc`] can send without copying here, and if not, why.
+    pub fn zero_copy(&self) -> Result<&'static str, &'static str> {
+        match &self.0 {
+            Inner::Uring(e) if e.has_send_zc() => Ok("io_uring SEND_ZC"),
+            Inner::Uring(_) => Err("the kernel's io_uring lacks SEND_ZC (Linux 6.0)"),
+            Inner::Epoll(e) => e.zero_copy(),
         }
     }
 
