@@ -52,6 +52,12 @@ impl Sequence {
         self.prompt.get(self.fed).copied().unwrap_or(self.last)
     }
 
+    /// Whether prompt tokens are left to feed (the last one's logits give the first generated
+    /// token).
+    pub fn in_prompt(&self) -> bool {
+        self.fed < self.prompt.len()
+    }
+
     /// The model took [`Sequence::next_input`]. Returns whether its logits predict a token to
     /// generate (false while the prompt is still going in).
     pub fn fed(&mut self) -> bool {
