@@ -14,6 +14,7 @@
 //! | [`protocol`] | sans-I/O KServe v2: routes, infer request decoding (JSON and binary), response encoding, metadata |
 //! | [`model`] | the [`model::Model`] trait, the built-in models, the ONNX backend (rten), the repository and `config.pbtxt`, the model manager's state, the registry of what this server serves and how |
 //! | [`batch`] | sans-I/O dynamic batching: the policy state machine, joining and splitting batches |
+//! | [`generate`] | generation without I/O: the continuous batcher (decoder) that runs generative models a token per step, sequences (stop strings, released text), sampling |
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
@@ -39,6 +40,13 @@
 //! Where a batch runs is per model: `inline`, on the shard's thread between I/O turns, or
 //! `worker`, on a thread pinned to the shard's CPU at `SCHED_IDLE`, so the kernel preempts it
 //! whenever the shard has I/O to serve.
+//!
+//! A generative model (one that streams tokens) has no batcher but a decoder per shard: a running
+//! batch of sequences that takes one step per loop turn, between I/O turns, each sequence a token
+//! per step (continuous batching). A connection streaming its tokens (`generate_stream`, server-
+//! sent events in chunked coding) takes its sequence out of the running batch while more than
+//! `generate.stream_buffer_bytes` wait for its client, and a client that leaves ends its sequence
+//! before the next step.
 //!
 //! Models are `Arc<dyn Model>`: loaded once, shared read-only by every shard, called with `&self`.
 //! What is served is one generation of the [`model::ModelRegistry`], built by the model manager
@@ -66,7 +74,9 @@
 //! - Nothing blocks a reactor: no blocking syscall, no sleeping, no waiting on another shard while
 //!   holding a connection hostage (the stats gather is bounded and times out).
 //! - Every queue is bounded: connections per shard, header bytes, body bytes, requests waiting per
-//!   model (`max_queue_size`, 429 beyond it), worker rings, mesh channels, concurrent gathers.
+//!   model (`max_queue_size`, 429 beyond it), sequences per generative model
+//!   (`generate.max_sequences_per_shard`), output waiting per stream, worker rings, mesh channels,
+//!   concurrent gathers.
 //! - No input can panic a shard: every decoder returns an error for every byte string.
 //! - The protocol core ([`http`], [`protocol`], [`service`], [`model`]) knows nothing of the I/O
 //!   engine; only [`runtime`] does, and inside it only [`runtime::engine`] names io_uring or epoll.

@@ -35,8 +35,9 @@ struct Running {
     room: bool,
     /// Its connection streams what each step releases; otherwise it waits for the end.
     stream: bool,
-    /// When its request arrived.
+    /// When its request arrived, and when it was admitted.
     received: Instant,
+    admitted: Instant,
     deadline: Option<Instant>,
     last_token: Option<Instant>,
 }
@@ -48,6 +49,25 @@ pub struct Taken {
     pub ended: Option<Finish>,
     /// Tokens generated so far.
     pub tokens: usize,
+    /// When its request arrived.
+    pub received: Instant,
+    /// When it joined the running batch.
+    pub admitted: Instant,
+}
+
+impl Taken {
+    /// What a connection whose sequence (or decoder) is gone takes: a failure.
+    pub fn gone() -> Self {
+        let now = Instant::now();
+        Taken {
+            ended: Some(Finish::Failed(
+                "the request's sequence is gone from this shard; this is a bug in friday".into(),
+            )),
+            tokens: 0,
+            received: now,
+            admitted: now,
+        }
+    }
 }
 
 /// One generative model's running batch on one shard.
@@ -122,6 +142,7 @@ impl Decoder {
             room: true,
             stream,
             received,
+            admitted: Instant::now(),
             deadline: params.timeout.map(|t| received + t),
             last_token: None,
         }))
@@ -167,15 +188,11 @@ impl Decoder {
                 Taken {
                     ended: r.seq.finish().cloned(),
                     tokens: r.seq.produced(),
+                    received: r.received,
+                    admitted: r.admitted,
                 }
             }
-            None => Taken {
-                ended: Some(Finish::Failed(
-                    "the request's sequence is gone from this shard; this is a bug in friday"
-                        .into(),
-                )),
-                tokens: 0,
-            },
+            None => Taken::gone(),
         }
     }
 
@@ -186,7 +203,7 @@ impl Decoder {
 
     /// Ends the sequences whose client left (`gone(conn)`) or whose deadline passed, then runs
     /// one step for every sequence that has room. Connections with something to take are pushed
-    /// to `ready`. Sequences still reading their prompt take up to [`PREFILL_PASSES_PER_STEP`]
+    /// to `ready`. Sequences still reading their prompt take up to `PREFILL_PASSES_PER_STEP`
     /// more tokens of it. Returns how many sequences the step fed.
     pub fn step<G: Fn(usize) -> bool>(
         &mut self,

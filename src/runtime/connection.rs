@@ -47,7 +47,7 @@ use crate::http::{
 };
 use crate::protocol::generate::{write_error_event, write_generate_output, write_output_event};
 use crate::service::{Action, Gather, GenerateJob, InferJob, Ran, Request};
-use crate::stats::StatsSnapshot;
+use crate::stats::{RequestTimes, StatsSnapshot};
 
 /// Stop decoding pipelined requests while this much output waits to be sent.
 const FLUSH_THRESHOLD_BYTES: usize = 64 << 10;
@@ -817,12 +817,7 @@ impl Connection {
                 return;
             }
             Some(d) => d.take(ticket, &mut text),
-            None => Taken {
-                ended: Some(Finish::Failed(
-                    "the model version is gone from this shard; this is a bug in friday".into(),
-                )),
-                tokens: 0,
-            },
+            None => Taken::gone(),
         };
         let draining = core.service.is_draining();
         let keep_open = match stream {
@@ -857,6 +852,24 @@ impl Connection {
         let Some(why) = taken.ended else { return };
         if let Some(d) = core.decoder(slot) {
             d.remove(ticket);
+        }
+        if matches!(why, Finish::Stop | Finish::Length) {
+            // Triton's statistics: a generation is one inference; its compute is the whole
+            // generation (the running batch is shared, so no batch of its own is counted).
+            let now = Instant::now();
+            core.service.stats().record_success(
+                slot,
+                1,
+                &RequestTimes {
+                    received: taken.received,
+                    decoded: taken.admitted,
+                    dispatched: taken.admitted,
+                    infer_start: taken.admitted,
+                    infer_end: now,
+                    encode_start: now,
+                    encoded: now,
+                },
+            );
         }
         self.parked = None;
         let cancelled = why == Finish::Cancelled;
