@@ -290,7 +290,10 @@ fn a_slow_reader_pauses_its_own_stream_and_pins_no_memory() {
         if now == last {
             break;
         }
-        assert!(Instant::now() < deadline, "the stream never paused ({now} tokens)");
+        assert!(
+            Instant::now() < deadline,
+            "the stream never paused ({now} tokens)"
+        );
         last = now;
     }
     let paused_at = tinylm_total(&s, "friday_generate_tokens_total");
@@ -407,7 +410,10 @@ fn a_drain_lets_running_streams_finish() {
     let mut streams: Vec<Client> = (0..4)
         .map(|i| {
             let mut c = s.client();
-            start_stream(&mut c, &json!({"text_input": "x", "max_tokens": 3000, "seed": i}));
+            start_stream(
+                &mut c,
+                &json!({"text_input": "x", "max_tokens": 3000, "seed": i}),
+            );
             c
         })
         .collect();
@@ -415,9 +421,14 @@ fn a_drain_lets_running_streams_finish() {
     for c in streams.iter_mut() {
         let (text, reason) = text_of(&read_stream(c));
         assert_eq!((text.len(), reason.as_str()), (3000, "length"));
-        assert!(c.is_closed(Duration::from_secs(5)), "a draining server closes after the stream");
+        assert!(
+            c.is_closed(Duration::from_secs(5)),
+            "a draining server closes after the stream"
+        );
     }
-    let status = s.wait_exit(Duration::from_secs(10)).expect("friday exits after the drain");
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("friday exits after the drain");
     assert!(status.success(), "{status:?}");
 }
 
@@ -438,7 +449,10 @@ fn an_http_1_0_client_gets_its_stream_until_the_connection_closes() {
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("Connection: close") && !head.contains("chunked"), "{head}");
+    assert!(
+        head.contains("Connection: close") && !head.contains("chunked"),
+        "{head}"
+    );
     let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 5, "{body}");
     assert!(events[4].contains("\"finish_reason\":\"length\""), "{body}");
@@ -449,7 +463,11 @@ fn tritons_statistics_count_generations() {
     let s = Server::start(1);
     let mut c = s.client();
     for _ in 0..3 {
-        assert_eq!(c.post_json(GENERATE, &json!({"text_input": "a", "max_tokens": 3})).status, 200);
+        assert_eq!(
+            c.post_json(GENERATE, &json!({"text_input": "a", "max_tokens": 3}))
+                .status,
+            200
+        );
     }
     let stats = c.get("/v2/models/tinylm/stats").json();
     let m = &stats["model_stats"][0];

@@ -238,3 +238,40 @@ fn outputs_of_1_and_64_mib_arrive_intact_with_zero_copy_sends_on_and_off() {
         }
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_a_zero_copy_answer_is_cut_and_freed() {
+    let cfg = config_file(
+        "zerocopy-stalled",
+        &format!(
+            "[http]\nzerocopy_send_min_bytes = 262144\nidle_timeout_ms = 1000\n\
+             header_read_timeout_ms = 1000\nmax_body_bytes = {}\n",
+            40 * MIB
+        ),
+    );
+    let s = Server::start_with(1, &["--config", cfg.to_str().unwrap()]);
+    let data = pattern(32 * MIB / 4);
+    let mut stalled = s.client();
+    stalled.send(&identity_binary_request(&data, true));
+    // Never reads: the kernel holds zero-copy data the client never acknowledges, until the
+    // sweep cuts the connection; the connection must then end and free its buffers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let open: f64 = scrape(&s)
+            .iter()
+            .filter(|m| m.name == "friday_connections_open")
+            .map(|m| m.value)
+            .sum();
+        // The scrape's own connection is the one left.
+        if open <= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled zero-copy connection was never freed ({open} open)"
+        );
+    }
+    drop(stalled);
+    assert_eq!(s.client().get("/v2/health/ready").status, 200);
+}

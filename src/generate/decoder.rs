@@ -38,8 +38,23 @@ struct Running {
     /// When its request arrived, and when it was admitted.
     received: Instant,
     admitted: Instant,
+    /// Its end was recorded and its connection woken for it (once).
+    announced: bool,
     deadline: Option<Instant>,
     last_token: Option<Instant>,
+}
+
+impl Running {
+    /// Records how it ended and wakes its connection for it, once.
+    fn announce(&mut self, metrics: Option<&ModelMetrics>, now: Instant, ready: &mut Vec<usize>) {
+        if std::mem::replace(&mut self.announced, true) {
+            return;
+        }
+        if let Some(why) = self.seq.finish() {
+            record_end(metrics, why, self.received, now);
+        }
+        ready.push(self.conn);
+    }
 }
 
 /// What a connection takes from its sequence.
@@ -143,6 +158,7 @@ impl Decoder {
             stream,
             received,
             admitted: Instant::now(),
+            announced: false,
             deadline: params.timeout.map(|t| received + t),
             last_token: None,
         }))
@@ -214,20 +230,16 @@ impl Decoder {
     ) -> usize {
         self.batch.clear();
         for (ticket, r) in self.running.iter_mut() {
-            if r.seq.finish().is_some() {
-                continue;
+            if r.seq.finish().is_none() {
+                if gone(r.conn) {
+                    r.seq.end(Finish::Cancelled);
+                } else if r.deadline.is_some_and(|d| now >= d) {
+                    r.seq.end(Finish::TimedOut);
+                }
             }
-            let ended = if gone(r.conn) {
-                Some(Finish::Cancelled)
-            } else if r.deadline.is_some_and(|d| now >= d) {
-                Some(Finish::TimedOut)
-            } else {
-                None
-            };
-            if let Some(why) = ended {
-                record_end(metrics, &why, r.received, now);
-                r.seq.end(why);
-                ready.push(r.conn);
+            if r.seq.finish().is_some() {
+                // Ended now, or ended before it could run (nothing to generate).
+                r.announce(metrics, now, ready);
             } else if r.room {
                 self.batch.push(ticket);
             }
@@ -236,24 +248,27 @@ impl Decoder {
             return 0;
         }
         let fed = self.batch.len();
-        self.pass(ready, metrics);
+        if !self.pass(ready, metrics) {
+            return fed;
+        }
         // Prompts go in faster than one token per step: the sequences still in their prompt
         // take more passes among themselves (an RNN reads its prompt a token at a time), so a
         // new request's first token comes within a step or two, not a step per prompt token.
         for _ in 0..PREFILL_PASSES_PER_STEP {
             let running = &self.running;
-            self.batch.retain(|&t| running[t].seq.in_prompt());
-            if self.batch.is_empty() {
+            self.batch
+                .retain(|&t| running[t].seq.in_prompt() && running[t].seq.finish().is_none());
+            if self.batch.is_empty() || !self.pass(ready, metrics) {
                 break;
             }
-            self.pass(ready, metrics);
         }
         fed
     }
 
-    /// One forward pass over the sequences in `self.batch`: each takes its next token; those
-    /// past their prompt sample one.
-    fn pass(&mut self, ready: &mut Vec<usize>, metrics: Option<&ModelMetrics>) {
+    /// One forward pass over the sequences in `self.batch` (none of them ended): each takes its
+    /// next token; those past their prompt sample one. Returns false if the model panicked
+    /// (every sequence in the pass has then ended with a failure).
+    fn pass(&mut self, ready: &mut Vec<usize>, metrics: Option<&ModelMetrics>) -> bool {
         let g = self
             .model
             .generative()
@@ -284,13 +299,11 @@ impl Decoder {
         for (i, &t) in self.batch.iter().enumerate() {
             let r = &mut self.running[t];
             if ran.is_err() {
-                let why = Finish::Failed(format!(
+                r.seq.end(Finish::Failed(format!(
                     "model '{}' failed while generating",
                     self.model.metadata().name
-                ));
-                record_end(metrics, &why, r.received, end);
-                r.seq.end(why);
-                ready.push(r.conn);
+                )));
+                r.announce(metrics, end, ready);
                 continue;
             }
             r.state
@@ -312,10 +325,9 @@ impl Decoder {
                 }
             }
             r.last_token = Some(end);
-            if let Some(why) = r.seq.finish() {
-                record_end(metrics, why, r.received, end);
-            }
-            if (r.stream && r.seq.has_output()) || r.seq.finish().is_some() {
+            if r.seq.finish().is_some() {
+                r.announce(metrics, end, ready);
+            } else if r.stream && r.seq.has_output() {
                 ready.push(r.conn);
             }
         }
@@ -325,6 +337,7 @@ impl Decoder {
         if ran.is_err() {
             tracing::error!(model = %self.model.metadata().name, "a generation step panicked");
         }
+        ran.is_ok()
     }
 }
 
@@ -347,7 +360,7 @@ fn record_end(metrics: Option<&ModelMetrics>, why: &Finish, received: Instant, n
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TinyLm;
+    use crate::model::{ModelMetadata, TinyLm};
 
     fn params(seed: u64, max_tokens: usize) -> GenerateParams {
         GenerateParams {
@@ -393,6 +406,75 @@ mod tests {
         busy.remove(a);
         let (busy_text, _) = drain(&mut busy, t, now);
         assert_eq!(busy_text, text);
+    }
+
+    /// A generative model whose every step panics.
+    struct Broken(ModelMetadata);
+
+    impl Model for Broken {
+        fn metadata(&self) -> &ModelMetadata {
+            &self.0
+        }
+        fn infer<'a>(
+            &self,
+            _: &'a [crate::tensor::Tensor<'_>],
+        ) -> Result<crate::model::Outputs<'a>, crate::model::ModelError> {
+            unreachable!()
+        }
+        fn generative(&self) -> Option<&dyn crate::model::Generative> {
+            Some(self)
+        }
+    }
+
+    impl crate::model::Generative for Broken {
+        fn tokenize(&self, text: &str) -> Vec<u32> {
+            vec![0; text.len().max(1)]
+        }
+        fn detokenize(&self, _: u32, out: &mut Vec<u8>) {
+            out.push(b'x');
+        }
+        fn vocab_size(&self) -> usize {
+            2
+        }
+        fn state_size(&self) -> usize {
+            1
+        }
+        fn forward(&self, _: &[u32], _: &mut [f32], _: &mut [f32], _: &mut Vec<f32>) {
+            panic!("broken model");
+        }
+    }
+
+    #[test]
+    fn a_panicking_model_ends_each_sequence_once() {
+        let now = Instant::now();
+        let meta = TinyLm::new().metadata().clone();
+        let mut d = Decoder::new(Arc::new(Broken(meta)), 4).unwrap();
+        let a = d.admit(1, &params(1, 10), true, now).unwrap();
+        let b = d.admit(2, &params(1, 10), false, now).unwrap();
+        let mut ready = Vec::new();
+        d.step(now, |_| false, &mut ready, None);
+        ready.sort();
+        assert_eq!(ready, vec![1, 2], "each connection woken once");
+        for t in [a, b] {
+            assert!(matches!(
+                d.take(t, &mut Vec::new()).ended,
+                Some(Finish::Failed(_))
+            ));
+        }
+        ready.clear();
+        d.step(now, |_| false, &mut ready, None);
+        assert!(ready.is_empty(), "an ended sequence is announced once");
+    }
+
+    #[test]
+    fn a_sequence_with_nothing_to_generate_ends_at_the_first_step() {
+        let now = Instant::now();
+        let mut d = Decoder::new(Arc::new(TinyLm::new()), 4).unwrap();
+        let t = d.admit(7, &params(1, 0), true, now).unwrap();
+        let mut ready = Vec::new();
+        d.step(now, |_| false, &mut ready, None);
+        assert_eq!(ready, vec![7]);
+        assert_eq!(d.take(t, &mut Vec::new()).ended, Some(Finish::Length));
     }
 
     #[test]

@@ -89,16 +89,16 @@ fn text_input(value: &Value) -> Result<String, ApiError> {
 /// Applies one sampling setting; returns false if `key` is not one.
 fn setting(p: &mut GenerateParams, key: &str, value: &Value) -> Result<bool, ApiError> {
     let bad = |what: &str| ApiError::invalid(format!("'{key}' must be {what}"));
-    let uint = |max: u64| match value.as_u64() {
-        Some(n) if n <= max => Ok(n),
-        _ => Err(bad(&format!("an integer from 0 to {max}"))),
+    let uint = |min: u64, max: u64| match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(&format!("an integer from {min} to {max}"))),
     };
     match key {
-        "max_tokens" => p.max_tokens = uint(MAX_TOKENS_LIMIT as u64)? as usize,
-        "top_k" => p.top_k = uint(u32::MAX as u64)? as usize,
-        "seed" => p.seed = Some(uint(u64::MAX)?),
+        "max_tokens" => p.max_tokens = uint(1, MAX_TOKENS_LIMIT as u64)? as usize,
+        "top_k" => p.top_k = uint(0, u32::MAX as u64)? as usize,
+        "seed" => p.seed = Some(uint(0, u64::MAX)?),
         "timeout" => {
-            let us = uint(u64::MAX)?;
+            let us = uint(0, u64::MAX)?;
             p.timeout = (us > 0).then(|| Duration::from_micros(us));
         }
         "temperature" => match value.as_f64() {

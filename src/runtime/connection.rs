@@ -386,6 +386,14 @@ impl Tails {
         }
     }
 
+    /// Forgets the parts still to send, keeping their memory (the kernel may still read it).
+    fn forget_parts(&mut self) {
+        self.d.clear();
+        self.next = 0;
+        self.off = 0;
+        self.started = false;
+    }
+
     /// Forgets the tails (sent, or the client is gone) and lets go of their memory.
     fn finish(&mut self, pool: &BufferPool) {
         self.d.clear();
@@ -414,6 +422,10 @@ pub(crate) struct Connection {
     tails: Tails,
     /// The send in flight is from `tails`.
     tail_in_flight: bool,
+    /// Zero-copy sends of tails whose buffers the kernel may still read (an
+    /// [`Event::ZeroCopyDone`] is owed for each): until none is left, the tails' memory and the
+    /// read buffer stay as they are.
+    zc_outstanding: u32,
     small_streak: u32,
     decoder: RequestDecoder,
     /// When the last bytes arrived.
@@ -482,6 +494,7 @@ impl Connection {
             generated: Vec::new(),
             tails: Tails::new(),
             tail_in_flight: false,
+            zc_outstanding: 0,
             small_streak: 0,
             decoder: RequestDecoder::new(core.limits),
             received: now,
@@ -571,18 +584,65 @@ impl Connection {
     /// [`Connection::shut_down`], and makes the close a reset, so the kernel drops what its
     /// send buffer still holds for the client rather than keep it until the client reads it.
     pub(crate) fn reset(&mut self) {
+        if self.zc_outstanding > 0 {
+            // Shutting down would leave the data (and the buffers it was sent from) queued for a
+            // client that does not read; only aborting frees them.
+            return self.abort();
+        }
         let _ = socket2::SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
         self.shut_down(libc::SHUT_RDWR);
     }
 
     /// Whether it has ended: closing, with no operation in flight. The shard then frees it.
     pub(crate) fn is_finished(&self) -> bool {
-        self.life == Life::Closing && !self.recv_in_flight && !self.send_in_flight
+        self.life == Life::Closing && !self.has_io_in_flight()
     }
 
-    /// Whether an operation is still on the engine (its buffers must stay put).
+    /// Whether an operation is still on the engine, or the kernel may still read a zero-copy
+    /// send's buffer (its buffers must stay put).
     pub(crate) fn has_io_in_flight(&self) -> bool {
-        self.recv_in_flight || self.send_in_flight
+        self.recv_in_flight || self.send_in_flight || self.zc_outstanding > 0
+    }
+
+    /// Whether a response's tails are still being sent, or their memory still read by the
+    /// kernel: nothing is read or decoded meanwhile (the tails may lie in the read buffer).
+    fn tails_busy(&self) -> bool {
+        self.tails.pending() || self.zc_outstanding > 0
+    }
+
+    /// Lets go of the tails: their memory at once, or once the kernel is done with it.
+    fn finish_tails(&mut self, core: &Core) {
+        if self.zc_outstanding == 0 {
+            self.tails.finish(&core.pools.tensor);
+        } else {
+            self.tails.forget_parts();
+        }
+    }
+
+    /// The kernel no longer reads the buffer of one of its zero-copy sends.
+    pub(crate) fn on_zero_copy_done(&mut self, key: usize, core: &mut Core, engine: &mut Engine) {
+        self.zc_outstanding = self.zc_outstanding.saturating_sub(1);
+        if self.zc_outstanding == 0 && !self.tails.pending() {
+            self.tails.finish(&core.pools.tensor);
+        }
+        self.advance(key, core, engine);
+    }
+
+    /// Aborts the TCP connection: the kernel drops what it still holds to send (and so lets go
+    /// of zero-copy buffers, whose completions then come) and sends a reset.
+    fn abort(&mut self) {
+        // SAFETY: connect(2) with an AF_UNSPEC address we own on our socket: for TCP this
+        // disconnects (tcp_disconnect); no memory of ours is kept.
+        unsafe {
+            let mut addr: libc::sockaddr = std::mem::zeroed();
+            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(
+                self.fd.as_raw_fd(),
+                &addr,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            );
+        }
+        self.shut_down(libc::SHUT_RDWR);
     }
 
     /// Forgets an operation whose event came after the shard gave up on the connection (drain
@@ -591,6 +651,9 @@ impl Connection {
         match event {
             Event::Received { .. } => self.recv_in_flight = false,
             Event::Sent { .. } => self.send_in_flight = false,
+            Event::ZeroCopyDone { .. } => {
+                self.zc_outstanding = self.zc_outstanding.saturating_sub(1)
+            }
             Event::Accepted(_) | Event::Doorbell => {}
         }
     }
@@ -664,7 +727,7 @@ impl Connection {
                         self.send_tail(key, core, engine);
                         return;
                     }
-                    self.tails.finish(&core.pools.tensor);
+                    self.finish_tails(core);
                 } else {
                     self.sent += n;
                     if self.sent < self.sending.len() {
@@ -685,7 +748,7 @@ impl Connection {
                 // reach it.
                 self.sending.clear();
                 self.write.clear();
-                self.tails.finish(&core.pools.tensor);
+                self.finish_tails(core);
                 self.sent = 0;
                 if self.parked.is_some() {
                     self.left_while_parked(core);
@@ -853,10 +916,15 @@ impl Connection {
         if let Some(d) = core.decoder(slot) {
             d.remove(ticket);
         }
+        let now = Instant::now();
+        if matches!(why, Finish::TimedOut | Finish::Failed(_)) {
+            core.service
+                .stats()
+                .record_failure(slot, taken.received, now);
+        }
         if matches!(why, Finish::Stop | Finish::Length) {
             // Triton's statistics: a generation is one inference; its compute is the whole
             // generation (the running batch is shared, so no batch of its own is counted).
-            let now = Instant::now();
             core.service.stats().record_success(
                 slot,
                 1,
@@ -982,7 +1050,7 @@ impl Connection {
             && self.parked.is_none()
             && self.close_after.is_none()
             && !self.held
-            && !self.tails.pending()
+            && !self.tails_busy()
         {
             self.process(key, core);
         }
@@ -1009,7 +1077,7 @@ impl Connection {
         if self.life == Life::Open
             && !self.send_in_flight
             && self.parked.is_none()
-            && !self.tails.pending()
+            && !self.tails_busy()
         {
             match self.close_after {
                 Some(Close::Client) => self.life = Life::Closing,
@@ -1025,7 +1093,11 @@ impl Connection {
         match self.life {
             Life::Closing => {
                 if self.has_io_in_flight() && !self.is_shut() {
-                    self.shut_down(libc::SHUT_RDWR);
+                    if self.zc_outstanding > 0 {
+                        self.abort();
+                    } else {
+                        self.shut_down(libc::SHUT_RDWR);
+                    }
                 }
                 return;
             }
@@ -1041,7 +1113,7 @@ impl Connection {
         }
         let wants_bytes = self.parked.is_none()
             && !self.held
-            && !self.tails.pending()
+            && !self.tails_busy()
             && self.close_after.is_none()
             && !self.eof
             && !self.backlog
@@ -1063,9 +1135,12 @@ impl Connection {
                 ..
             })
         );
-        let phase = if self.parked.is_some() && !(streaming && self.send_in_flight) {
+        // Zero-copy data the kernel holds until the client acknowledges it is a response the
+        // client has not taken yet.
+        let sending = self.send_in_flight || self.zc_outstanding > 0;
+        let phase = if self.parked.is_some() && !(streaming && sending) {
             Phase::Busy
-        } else if self.send_in_flight {
+        } else if sending {
             Phase::Write
         } else if self.held {
             Phase::Held
@@ -1128,11 +1203,12 @@ impl Connection {
         // SAFETY: `secure_tails` checked that the stretch lies in memory this connection keeps:
         // its read or dechunk buffer, which are neither changed nor freed while tails are
         // pending (nothing is read or decoded), or `tails.keep`, freed only once they are sent or
-        // the connection has finished. A zero-copy send's event comes only once the kernel is
-        // done with the buffer, so the same holds for it.
+        // the connection has finished; after a zero-copy send, the same holds until its
+        // `ZeroCopyDone` (see `tails_busy` and `finish_tails`).
         if zero_copy {
             if unsafe { engine.send_zc(key, self.fd.as_raw_fd(), buf, len) } {
                 core.zerocopy_sends += 1;
+                self.zc_outstanding += 1;
             }
         } else {
             unsafe { engine.send(key, self.fd.as_raw_fd(), buf, len) };
@@ -1206,7 +1282,7 @@ impl Connection {
         while self.parked.is_none()
             && !self.held
             && self.close_after.is_none()
-            && !self.tails.pending()
+            && !self.tails_busy()
             && self.write.len() < FLUSH_THRESHOLD_BYTES
         {
             let (read, dechunked) = (&self.read, &mut self.dechunked);
@@ -1438,7 +1514,7 @@ impl Connection {
             return;
         }
         self.small_streak += 1;
-        if self.small_streak < SHRINK_AFTER_SMALL_REQUESTS || self.tails.pending() {
+        if self.small_streak < SHRINK_AFTER_SMALL_REQUESTS || self.tails_busy() {
             return;
         }
         self.small_streak = 0;

@@ -514,6 +514,12 @@ impl Shard {
                 }
                 self.reap(conn);
             }
+            Event::ZeroCopyDone { conn } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.on_zero_copy_done(conn, &mut self.core, &mut self.engine);
+                }
+                self.reap(conn);
+            }
             Event::Doorbell => self.on_doorbell(),
         }
     }
@@ -873,7 +879,9 @@ impl Shard {
             }
             for event in events.drain(..) {
                 match event {
-                    Event::Received { conn, .. } | Event::Sent { conn, .. } => {
+                    Event::Received { conn, .. }
+                    | Event::Sent { conn, .. }
+                    | Event::ZeroCopyDone { conn } => {
                         if let Some(c) = self.conns.get_mut(conn) {
                             c.forget_io(&event);
                         }

@@ -7,14 +7,14 @@
 //! next edge. A short read or write means the edge is used up (the kernel buffer was drained or
 //! filled), which saves the `EAGAIN` round trip nginx also saves.
 //!
-//! A zero-copy send is `send(MSG_ZEROCOPY)` on a socket with `SO_ZEROCOPY`. The kernel says when
-//! it no longer reads the buffer by a completion on the socket's error queue (which raises
-//! `EPOLLERR`); the send's [`Event::Sent`] waits for it, so the buffer rule holds unchanged.
-//! Where the socket refuses `SO_ZEROCOPY`, or the kernel runs out of option memory for a send
-//! (`ENOBUFS`), the send is a plain one.
+//! A zero-copy send is `send(MSG_ZEROCOPY)` on a socket with `SO_ZEROCOPY`. Its [`Event::Sent`]
+//! comes as for any send; the kernel says when it no longer reads the buffer by a completion on
+//! the socket's error queue (which raises `EPOLLERR`), reported as [`Event::ZeroCopyDone`]. Where
+//! the socket refuses `SO_ZEROCOPY`, or the kernel runs out of option memory for a send
+//! (`ENOBUFS`), the send is a plain one, and its `ZeroCopyDone` follows its `Sent` at once.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -39,6 +39,22 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// `SO_EE_ORIGIN_ZEROCOPY`: a MSG_ZEROCOPY completion in the error queue.
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 
+/// Turns `SO_ZEROCOPY` on for socket `fd`; says whether it took.
+fn set_zerocopy(fd: RawFd) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we hold, with a c_int we own.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ZEROCOPY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
 /// A pending operation: buffer and length, valid until its event (the engine's contract).
 #[derive(Clone, Copy)]
 struct Op<P> {
@@ -58,14 +74,14 @@ struct Slot {
     read_closed: bool,
     recv: Option<Op<*mut u8>>,
     send: Option<Op<*const u8>>,
-    /// The pending send is to go zero-copy.
+    /// The pending send was asked to go zero-copy (a `ZeroCopyDone` is owed for it).
     send_zc: bool,
     /// `SO_ZEROCOPY` is on for the socket.
     zerocopy: bool,
-    /// Zero-copy sends the socket has made (the kernel numbers its completions by this count).
+    /// Zero-copy sends the socket has made, and how many of them the kernel has completed (it
+    /// numbers its completions by this count, wrapping).
     zc_made: u32,
-    /// A zero-copy send that went out and waits for its completion: its number and result.
-    zc_wait: Option<(u32, io::Result<usize>)>,
+    zc_completed: u32,
 }
 
 /// One shard's epoll engine.
@@ -82,8 +98,8 @@ pub(crate) struct EpollEngine {
     slots: Vec<Slot>,
     /// Operations that completed when they were asked for.
     done: Vec<Event>,
-    /// (token, readable, writable, read side closed) per event of the last wait.
-    ready: Vec<(Token, bool, bool, bool)>,
+    /// (token, readable, writable, read side closed, error) per event of the last wait.
+    ready: Vec<(Token, bool, bool, bool, bool)>,
     /// A socket refused `SO_ZEROCOPY`: zero-copy sends are plain ones from then on.
     zerocopy_refused: bool,
 }
@@ -129,7 +145,7 @@ impl EpollEngine {
             send_zc: false,
             zerocopy: false,
             zc_made: 0,
-            zc_wait: None,
+            zc_completed: 0,
         };
         Ok(())
     }
@@ -166,18 +182,19 @@ impl EpollEngine {
         }
     }
 
-    /// Whether zero-copy sends can work here.
+    /// Whether zero-copy sends can work here: a TCP socket takes `SO_ZEROCOPY`.
     pub(crate) fn zero_copy(&self) -> Result<&'static str, &'static str> {
-        if self.zerocopy_refused {
-            Err("a socket refused SO_ZEROCOPY")
-        } else {
-            Ok("MSG_ZEROCOPY")
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        match probe {
+            Ok(sock) if !self.zerocopy_refused && set_zerocopy(sock.as_raw_fd()) => {
+                Ok("MSG_ZEROCOPY")
+            }
+            _ => Err("a TCP socket refuses SO_ZEROCOPY (Linux 4.14)"),
         }
     }
 
     /// Sends like [`EpollEngine::send`], with `MSG_ZEROCOPY` where the socket takes
-    /// `SO_ZEROCOPY`; returns whether it asked for zero copy (the kernel may still copy, or the
-    /// send fall back to a plain one on `ENOBUFS`).
+    /// `SO_ZEROCOPY`; see [`super::Engine::send_zc`] for what it returns.
     ///
     /// # Safety
     /// See [`super::Engine::send`].
@@ -191,18 +208,7 @@ impl EpollEngine {
         let refused = &mut self.zerocopy_refused;
         let slot = &mut self.slots[conn];
         if !slot.zerocopy && !*refused {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt on the connection's socket with a c_int we own.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ZEROCOPY,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            slot.zerocopy = r == 0;
+            slot.zerocopy = set_zerocopy(fd);
             *refused = !slot.zerocopy;
         }
         let zc = slot.zerocopy;
@@ -216,13 +222,11 @@ impl EpollEngine {
         zc
     }
 
-    /// Reads the zero-copy completions on connection `conn`'s error queue; reports its pending
-    /// zero-copy send once the kernel is done with its buffer.
+    /// Reads the zero-copy completions on connection `conn`'s error queue: one
+    /// [`Event::ZeroCopyDone`] per send they cover.
     fn read_zc_completions(&mut self, conn: usize) {
         let slot = &mut self.slots[conn];
-        let Some((id, _)) = slot.zc_wait else { return };
-        let mut done = false;
-        loop {
+        while slot.zc_completed != slot.zc_made {
             let mut control = [0u64; 16];
             // SAFETY: a recvmsg on the connection's socket into buffers we own; the control
             // message, if any, is read within the bytes the kernel wrote.
@@ -231,7 +235,7 @@ impl EpollEngine {
                 msg.msg_control = control.as_mut_ptr().cast();
                 msg.msg_controllen = std::mem::size_of_val(&control);
                 if libc::recvmsg(slot.fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) < 0 {
-                    break;
+                    return;
                 }
                 let cmsg = libc::CMSG_FIRSTHDR(&msg);
                 if cmsg.is_null() {
@@ -245,14 +249,16 @@ impl EpollEngine {
                 }
                 (err.ee_info, err.ee_data)
             };
-            // Completions cover ranges of send numbers, in order (wrapping at 2^32).
-            if id.wrapping_sub(range.0) <= range.1.wrapping_sub(range.0) {
-                done = true;
+            // A completion covers the sends numbered `range.0..=range.1`, in order (wrapping).
+            let outstanding = slot.zc_made.wrapping_sub(slot.zc_completed);
+            let covered = range.1.wrapping_sub(slot.zc_completed).wrapping_add(1);
+            if covered == 0 || covered > outstanding {
+                continue;
             }
-        }
-        if done {
-            let (_, result) = slot.zc_wait.take().expect("checked above");
-            self.done.push(Event::Sent { conn, result });
+            slot.zc_completed = range.1.wrapping_add(1);
+            for _ in 0..covered {
+                self.done.push(Event::ZeroCopyDone { conn });
+            }
         }
     }
 
@@ -285,7 +291,9 @@ impl EpollEngine {
     fn try_send(&mut self, conn: usize) {
         let slot = &mut self.slots[conn];
         let Some(op) = slot.send else { return };
+        let mut zero_copied;
         let result = loop {
+            zero_copied = slot.send_zc;
             let flags = if slot.send_zc {
                 libc::MSG_NOSIGNAL | libc::MSG_ZEROCOPY
             } else {
@@ -297,7 +305,7 @@ impl EpollEngine {
             match syscall_result(r) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // Out of option memory for the completion: send it the plain way.
-                Err(e) if slot.send_zc && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                Err(e) if zero_copied && e.raw_os_error() == Some(libc::ENOBUFS) => {
                     slot.send_zc = false;
                     continue;
                 }
@@ -313,14 +321,17 @@ impl EpollEngine {
             }
         };
         slot.send = None;
-        if std::mem::take(&mut slot.send_zc) && result.as_ref().is_ok_and(|&n| n > 0) {
-            // The buffer is the kernel's until the completion: the event waits for it.
-            slot.zc_wait = Some((slot.zc_made, result));
+        let owed = std::mem::take(&mut slot.send_zc);
+        let went_zero_copy = owed && zero_copied && result.as_ref().is_ok_and(|&n| n > 0);
+        self.done.push(Event::Sent { conn, result });
+        if went_zero_copy {
+            // The kernel may read the buffer until the completion for this send's number.
             slot.zc_made = slot.zc_made.wrapping_add(1);
             self.read_zc_completions(conn);
-            return;
+        } else if owed {
+            // Sent by copy after all (or not at all): the buffer is free already.
+            self.done.push(Event::ZeroCopyDone { conn });
         }
-        self.done.push(Event::Sent { conn, result });
     }
 
     pub(crate) fn stop_accepting(&mut self) {
@@ -378,12 +389,15 @@ impl EpollEngine {
         }
         events.append(&mut self.done);
         let mut ready = std::mem::take(&mut self.ready);
+        // An error readiness is a failed socket (whose receive and send then fail at once) or a
+        // zero-copy completion waiting in the error queue; it does not mean the peer closed.
         ready.extend(self.events.iter().map(|e| {
             (
                 e.token(),
                 e.is_readable() || e.is_read_closed() || e.is_error(),
                 e.is_writable() || e.is_write_closed() || e.is_error(),
-                e.is_read_closed() || e.is_error(),
+                e.is_read_closed(),
+                e.is_error(),
             )
         }));
         let retry = self.accept_retry_at.is_some_and(|at| Instant::now() >= at);
@@ -391,7 +405,7 @@ impl EpollEngine {
             self.accept_retry_at = None;
         }
         let mut accept = self.accepting && (self.accept_backlog || retry);
-        for &(token, readable, writable, read_closed) in &ready {
+        for &(token, readable, writable, read_closed, error) in &ready {
             match token {
                 LISTENER => accept = self.accepting,
                 DOORBELL => {
@@ -412,8 +426,7 @@ impl EpollEngine {
                     if writable {
                         self.try_send(conn);
                     }
-                    // A zero-copy completion raises EPOLLERR (counted as readable above).
-                    if readable && self.slots[conn].zc_wait.is_some() {
+                    if error {
                         self.read_zc_completions(conn);
                     }
                 }

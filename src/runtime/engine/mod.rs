@@ -10,7 +10,7 @@
 //!
 //! The one rule both engines impose: **a buffer handed to [`Engine::recv`] or [`Engine::send`]
 //! stays where it is, untouched by anything but the kernel (receive) or unchanged (send), until
-//! its event arrives.** The connection keeps at most one receive and one send in flight, and
+//! its event arrives** (for [`Engine::send_zc`], until its [`Event::ZeroCopyDone`]). The connection keeps at most one receive and one send in flight, and
 //! never moves, grows or frees a buffer with an operation on it. To abandon a connection, shut
 //! its socket down ([`libc::shutdown`]): every operation on it then completes promptly.
 
@@ -45,6 +45,13 @@ pub enum Event {
         conn: usize,
         /// Bytes sent, or why not.
         result: io::Result<usize>,
+    },
+    /// The kernel no longer reads the buffer of a zero-copy send on connection `conn` (see
+    /// [`Engine::send_zc`]): one such event follows every zero-copy send, after its
+    /// [`Event::Sent`].
+    ZeroCopyDone {
+        /// The connection's key.
+        conn: usize,
     },
     /// Someone rang the shard's doorbell (a worker finished, a peer or the control thread sent a
     /// message).
@@ -172,12 +179,15 @@ impl Engine {
     }
 
     /// Sends like [`Engine::send`], without copying `buf` into the kernel where the engine can
-    /// (io_uring's `SEND_ZC`): worth it for large buffers only (see `benches/send_paths.rs`).
-    /// Its event comes once the kernel no longer reads `buf`. Returns whether it went zero-copy;
-    /// where it cannot, it is a plain send.
+    /// (io_uring's `SEND_ZC`, `MSG_ZEROCOPY` on epoll): worth it for large buffers only (see
+    /// `benches/send_paths.rs`). Its [`Event::Sent`] comes as for any send, so the next send can
+    /// follow at once; the kernel may still read `buf` until an [`Event::ZeroCopyDone`] for the
+    /// connection follows. Returns true if that event will come (one per such send); false if
+    /// this was a plain send.
     ///
     /// # Safety
-    /// As for [`Engine::send`].
+    /// As for [`Engine::send`], with `buf` kept until the [`Event::ZeroCopyDone`] when it
+    /// returns true.
     pub unsafe fn send_zc(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) -> bool {
         match &mut self.0 {
             // SAFETY: forwarded contract.

@@ -9,11 +9,10 @@
 //!
 //! An operation's user data is its kind in the top byte and the connection's key below it.
 //!
-//! A zero-copy send (`IORING_OP_SEND_ZC`, Linux 6.0) completes twice: once with its result, and
-//! once more (a notification) when the kernel no longer reads the buffer. Its [`Event::Sent`] is
-//! reported only after the second, so the engine's rule (a buffer stays put until its event)
-//! covers zero-copy sends unchanged. Where the kernel lacks the opcode, a zero-copy send is a
-//! plain send.
+//! A zero-copy send (`IORING_OP_SEND_ZC`, Linux 6.0) completes twice: once with its result
+//! ([`Event::Sent`]), and once more (a notification: [`Event::ZeroCopyDone`]) when the kernel no
+//! longer reads the buffer, which for TCP is when the peer has acknowledged the data. Where the
+//! kernel lacks the opcode, a zero-copy send is a plain send.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -128,9 +127,6 @@ pub(crate) struct UringEngine {
     ring: IoUring,
     /// The kernel has `IORING_OP_SEND_ZC`.
     send_zc: bool,
-    /// Zero-copy sends whose result came and whose notification has not: (connection, result).
-    /// At most one per connection (one send in flight each), and only large sends use it.
-    zc_pending: Vec<(usize, io::Result<usize>)>,
     listener: RawFd,
     accepting: bool,
     /// The multishot accept is on the ring (it ends on an error, or when cancelled).
@@ -149,7 +145,6 @@ impl UringEngine {
         let ring = build_ring()?;
         let mut engine = UringEngine {
             send_zc: probe_send_zc(&ring),
-            zc_pending: Vec::new(),
             ring,
             listener,
             accepting: true,
@@ -234,8 +229,7 @@ impl UringEngine {
     }
 
     /// Sends like [`UringEngine::send`], without copying the bytes into the kernel where the
-    /// kernel has `SEND_ZC` (the buffer must then stay put until the notification, which the
-    /// event waits for). Returns whether it went zero-copy.
+    /// kernel has `SEND_ZC`; see [`super::Engine::send_zc`] for what it returns.
     ///
     /// # Safety
     /// See [`super::Engine::send`].
@@ -261,6 +255,7 @@ impl UringEngine {
                 conn,
                 result: Err(e),
             });
+            return false;
         }
         true
     }
@@ -365,19 +360,18 @@ impl UringEngine {
                     conn,
                     result: outcome,
                 }),
-                // The notification: the kernel is done with the buffer; now the send is over.
-                SEND_ZC if cqueue::notif(cqe.flags()) => {
-                    if let Some(i) = self.zc_pending.iter().position(|(c, _)| *c == conn) {
-                        let (_, result) = self.zc_pending.swap_remove(i);
-                        events.push(Event::Sent { conn, result });
+                // The notification: the kernel is done with the buffer.
+                SEND_ZC if cqueue::notif(cqe.flags()) => events.push(Event::ZeroCopyDone { conn }),
+                SEND_ZC => {
+                    events.push(Event::Sent {
+                        conn,
+                        result: outcome,
+                    });
+                    // Without the flag no notification follows: the buffer is free already.
+                    if !cqueue::more(cqe.flags()) {
+                        events.push(Event::ZeroCopyDone { conn });
                     }
                 }
-                // The result; a notification follows if the flag says so.
-                SEND_ZC if cqueue::more(cqe.flags()) => self.zc_pending.push((conn, outcome)),
-                SEND_ZC => events.push(Event::Sent {
-                    conn,
-                    result: outcome,
-                }),
                 DOORBELL => {
                     events.push(Event::Doorbell);
                     rearm_doorbell = true;
