@@ -586,7 +586,8 @@ impl Connection {
     pub(crate) fn reset(&mut self) {
         if self.zc_outstanding > 0 {
             // Shutting down would leave the data (and the buffers it was sent from) queued for a
-            // client that does not read; only aborting frees them.
+            // client that does not read; only aborting frees them. Nothing more is answered.
+            self.close_after = Some(Close::Client);
             return self.abort();
         }
         let _ = socket2::SockRef::from(&self.fd).set_linger(Some(Duration::ZERO));
@@ -628,19 +629,32 @@ impl Connection {
         self.advance(key, core, engine);
     }
 
+    /// Gives up on it at the drain deadline: shut down, or aborted if the kernel holds zero-copy
+    /// buffers of its (which a shutdown would leave queued for a client that does not read).
+    pub(crate) fn abandon(&mut self) {
+        if self.zc_outstanding > 0 {
+            self.abort();
+        } else {
+            self.shut_down(libc::SHUT_RDWR);
+        }
+    }
+
     /// Aborts the TCP connection: the kernel drops what it still holds to send (and so lets go
     /// of zero-copy buffers, whose completions then come) and sends a reset.
     fn abort(&mut self) {
         // SAFETY: connect(2) with an AF_UNSPEC address we own on our socket: for TCP this
         // disconnects (tcp_disconnect); no memory of ours is kept.
-        unsafe {
+        let r = unsafe {
             let mut addr: libc::sockaddr = std::mem::zeroed();
             addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
             libc::connect(
                 self.fd.as_raw_fd(),
                 &addr,
                 std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-            );
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot abort a connection");
         }
         self.shut_down(libc::SHUT_RDWR);
     }
@@ -1093,11 +1107,7 @@ impl Connection {
         match self.life {
             Life::Closing => {
                 if self.has_io_in_flight() && !self.is_shut() {
-                    if self.zc_outstanding > 0 {
-                        self.abort();
-                    } else {
-                        self.shut_down(libc::SHUT_RDWR);
-                    }
+                    self.abandon();
                 }
                 return;
             }

@@ -868,7 +868,7 @@ impl Shard {
     /// freed under the kernel.
     fn abandon_connections(&mut self) {
         for (_, c) in self.conns.iter_mut() {
-            c.shut_down(libc::SHUT_RDWR);
+            c.abandon();
         }
         let until = Instant::now() + EXIT_GRACE;
         while self.conns.iter().any(|(_, c)| c.has_io_in_flight()) && Instant::now() < until {

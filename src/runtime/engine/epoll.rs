@@ -74,7 +74,11 @@ struct Slot {
     read_closed: bool,
     recv: Option<Op<*mut u8>>,
     send: Option<Op<*const u8>>,
-    /// The pending send was asked to go zero-copy (a `ZeroCopyDone` is owed for it).
+    /// The pending send was asked to go zero-copy: a `ZeroCopyDone` is owed for it, however it
+    /// goes out.
+    zc_owed: bool,
+    /// The pending send goes out with `MSG_ZEROCOPY` (cleared if the kernel is out of option
+    /// memory for it, `ENOBUFS`: it then goes by copy).
     send_zc: bool,
     /// `SO_ZEROCOPY` is on for the socket.
     zerocopy: bool,
@@ -142,6 +146,7 @@ impl EpollEngine {
             read_closed: false,
             recv: None,
             send: None,
+            zc_owed: false,
             send_zc: false,
             zerocopy: false,
             zc_made: 0,
@@ -177,6 +182,7 @@ impl EpollEngine {
         debug_assert!(slot.send.is_none(), "one send in flight per connection");
         slot.send = Some(Op { buf, len });
         slot.send_zc = false;
+        slot.zc_owed = false;
         if slot.writable {
             self.try_send(conn);
         }
@@ -216,17 +222,23 @@ impl EpollEngine {
         debug_assert!(slot.send.is_none(), "one send in flight per connection");
         slot.send = Some(Op { buf, len });
         slot.send_zc = zc;
+        slot.zc_owed = zc;
         if slot.writable {
             self.try_send(conn);
         }
         zc
     }
 
-    /// Reads the zero-copy completions on connection `conn`'s error queue: one
-    /// [`Event::ZeroCopyDone`] per send they cover.
+    /// Reads the zero-copy completions on connection `conn`'s error queue, until it is empty:
+    /// one [`Event::ZeroCopyDone`] per send they cover. The kernel reports each send exactly
+    /// once, in ranges that are usually but not always in order, so they are counted, never
+    /// taken to cover earlier sends.
     fn read_zc_completions(&mut self, conn: usize) {
         let slot = &mut self.slots[conn];
-        while slot.zc_completed != slot.zc_made {
+        if slot.zc_completed == slot.zc_made {
+            return;
+        }
+        loop {
             let mut control = [0u64; 16];
             // SAFETY: a recvmsg on the connection's socket into buffers we own; the control
             // message, if any, is read within the bytes the kernel wrote.
@@ -249,14 +261,15 @@ impl EpollEngine {
                 }
                 (err.ee_info, err.ee_data)
             };
-            // A completion covers the sends numbered `range.0..=range.1`, in order (wrapping).
+            // The range `range.0..=range.1` (wrapping) names sends not reported before.
             let outstanding = slot.zc_made.wrapping_sub(slot.zc_completed);
-            let covered = range.1.wrapping_sub(slot.zc_completed).wrapping_add(1);
-            if covered == 0 || covered > outstanding {
-                continue;
-            }
-            slot.zc_completed = range.1.wrapping_add(1);
-            for _ in 0..covered {
+            let n = range
+                .1
+                .wrapping_sub(range.0)
+                .wrapping_add(1)
+                .min(outstanding);
+            slot.zc_completed = slot.zc_completed.wrapping_add(n);
+            for _ in 0..n {
                 self.done.push(Event::ZeroCopyDone { conn });
             }
         }
@@ -321,8 +334,10 @@ impl EpollEngine {
             }
         };
         slot.send = None;
-        let owed = std::mem::take(&mut slot.send_zc);
-        let went_zero_copy = owed && zero_copied && result.as_ref().is_ok_and(|&n| n > 0);
+        slot.send_zc = false;
+        let owed = std::mem::take(&mut slot.zc_owed);
+        // Only a zero-copy send that moved bytes takes a number (and gets a completion).
+        let went_zero_copy = zero_copied && result.as_ref().is_ok_and(|&n| n > 0);
         self.done.push(Event::Sent { conn, result });
         if went_zero_copy {
             // The kernel may read the buffer until the completion for this send's number.

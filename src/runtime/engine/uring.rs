@@ -127,6 +127,12 @@ pub(crate) struct UringEngine {
     ring: IoUring,
     /// The kernel has `IORING_OP_SEND_ZC`.
     send_zc: bool,
+    /// Zero-copy sends on the ring: (connection, socket, buffer, length), so one the kernel
+    /// refuses for lack of memory to pin (`ENOBUFS`) goes again as a plain send. At most one
+    /// per connection.
+    zc_sends: Vec<(usize, RawFd, *const u8, usize)>,
+    /// Of those, the ones to send again by copy after this wait's completions.
+    zc_retry: Vec<(usize, RawFd, *const u8, usize)>,
     listener: RawFd,
     accepting: bool,
     /// The multishot accept is on the ring (it ends on an error, or when cancelled).
@@ -145,6 +151,8 @@ impl UringEngine {
         let ring = build_ring()?;
         let mut engine = UringEngine {
             send_zc: probe_send_zc(&ring),
+            zc_sends: Vec::new(),
+            zc_retry: Vec::new(),
             ring,
             listener,
             accepting: true,
@@ -245,8 +253,7 @@ impl UringEngine {
             unsafe { self.send(conn, fd, buf, len) };
             return false;
         }
-        let len = len.min(u32::MAX as usize) as u32;
-        let entry = opcode::SendZc::new(types::Fd(fd), buf, len)
+        let entry = opcode::SendZc::new(types::Fd(fd), buf, len.min(u32::MAX as usize) as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data(SEND_ZC, conn));
@@ -257,6 +264,7 @@ impl UringEngine {
             });
             return false;
         }
+        self.zc_sends.push((conn, fd, buf, len));
         true
     }
 
@@ -363,10 +371,19 @@ impl UringEngine {
                 // The notification: the kernel is done with the buffer.
                 SEND_ZC if cqueue::notif(cqe.flags()) => events.push(Event::ZeroCopyDone { conn }),
                 SEND_ZC => {
-                    events.push(Event::Sent {
-                        conn,
-                        result: outcome,
-                    });
+                    let op = self
+                        .zc_sends
+                        .iter()
+                        .position(|s| s.0 == conn)
+                        .map(|i| self.zc_sends.swap_remove(i));
+                    match (op, outcome) {
+                        // No memory to pin the pages: the same bytes go by copy; its `Sent`
+                        // comes from that send.
+                        (Some(op), Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            self.zc_retry.push(op)
+                        }
+                        (_, result) => events.push(Event::Sent { conn, result }),
+                    }
                     // Without the flag no notification follows: the buffer is free already.
                     if !cqueue::more(cqe.flags()) {
                         events.push(Event::ZeroCopyDone { conn });
@@ -378,6 +395,11 @@ impl UringEngine {
                 }
                 _ => {}
             }
+        }
+        for (conn, fd, buf, len) in std::mem::take(&mut self.zc_retry) {
+            // SAFETY: the buffer the connection handed to `send_zc`, still kept: its `Sent` has
+            // not come yet.
+            unsafe { self.send(conn, fd, buf, len) };
         }
         if accept_ended {
             self.accept_armed = false;
