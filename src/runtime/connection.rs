@@ -14,6 +14,13 @@
 //! earlier pipelined requests are sent before it parks, so they never wait on a later batch. The
 //! shard resumes the connection when the outcome is ready.
 //!
+//! A generate request parks too, in its model's decoder: a stream writes its response head at
+//! once and then one chunk of events each time the decoder releases text, while the client is
+//! sent what came before; past `generate.stream_buffer_bytes` unsent, its sequence sits out of
+//! the running batch until the client takes some. Large binary tails can go zero-copy; the
+//! kernel may then read their memory (and the read buffer) until its completions, so nothing is
+//! read or decoded until the last one.
+//!
 //! Buffers come from the shard's pools, grow with what actually arrives (never with what a
 //! header merely claims), shrink back after a run of small requests, and go back to the pools on
 //! close. A framing error answers 400/413/431/501 and closes the connection, since the byte
