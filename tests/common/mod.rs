@@ -274,30 +274,10 @@ impl Client {
     /// Reads a chunked body (its head already taken from the buffer), checking its framing.
     fn read_chunked(&mut self) -> Vec<u8> {
         let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                self.fill();
-            };
-            let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
-            let size = usize::from_str_radix(size, 16).expect("a chunk size in hex");
-            while self.buf.len() < line_end + 2 + size + 2 {
-                self.fill();
-            }
-            let data = line_end + 2;
-            assert_eq!(
-                &self.buf[data + size..data + size + 2],
-                b"\r\n",
-                "chunk framing"
-            );
-            body.extend_from_slice(&self.buf[data..data + size]);
-            self.buf.drain(..data + size + 2);
-            if size == 0 {
-                return body;
-            }
+        while let Some(chunk) = self.read_chunk() {
+            body.extend_from_slice(&chunk);
         }
+        body
     }
 
     pub fn read_response(&mut self) -> Response {

@@ -177,12 +177,17 @@ impl EpollEngine {
     /// # Safety
     /// See [`super::Engine::send`].
     pub(crate) unsafe fn send(&mut self, conn: usize, fd: RawFd, buf: *const u8, len: usize) {
+        self.queue_send(conn, fd, Op { buf, len }, false);
+    }
+
+    /// Takes a send (zero-copy or not) and tries it at once if the socket may have room.
+    fn queue_send(&mut self, conn: usize, fd: RawFd, op: Op<*const u8>, zero_copy: bool) {
         let slot = &mut self.slots[conn];
         debug_assert_eq!(slot.fd, fd);
         debug_assert!(slot.send.is_none(), "one send in flight per connection");
-        slot.send = Some(Op { buf, len });
-        slot.send_zc = false;
-        slot.zc_owed = false;
+        slot.send = Some(op);
+        slot.send_zc = zero_copy;
+        slot.zc_owed = zero_copy;
         if slot.writable {
             self.try_send(conn);
         }
@@ -218,14 +223,7 @@ impl EpollEngine {
             *refused = !slot.zerocopy;
         }
         let zc = slot.zerocopy;
-        debug_assert_eq!(slot.fd, fd);
-        debug_assert!(slot.send.is_none(), "one send in flight per connection");
-        slot.send = Some(Op { buf, len });
-        slot.send_zc = zc;
-        slot.zc_owed = zc;
-        if slot.writable {
-            self.try_send(conn);
-        }
+        self.queue_send(conn, fd, Op { buf, len }, zc);
         zc
     }
 
