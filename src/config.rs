@@ -177,6 +177,10 @@ pub struct ModelSettings {
     /// newest one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version_policy: Option<VersionPolicy>,
+    /// Repository models: which ONNX backend runs the model (`rten` or `onnxruntime`; default
+    /// rten).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<OnnxBackend>,
     /// `synthetic` only: microseconds of CPU each batch costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_batch_us: Option<u64>,
@@ -200,6 +204,9 @@ impl ModelSettings {
         if over.version_policy.is_some() {
             self.version_policy = over.version_policy.clone();
         }
+        if over.backend.is_some() {
+            self.backend = over.backend;
+        }
         if over.cost_per_batch_us.is_some() {
             self.cost_per_batch_us = over.cost_per_batch_us;
         }
@@ -208,6 +215,16 @@ impl ModelSettings {
         }
         self
     }
+}
+
+/// Which ONNX backend runs a repository model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxBackend {
+    /// rten, in pure Rust.
+    Rten,
+    /// ONNX Runtime, loaded from its library at run time.
+    OnnxRuntime,
 }
 
 /// Triton's `version_policy`, by the same names: `{ latest = { num_versions = 2 } }`,

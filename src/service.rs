@@ -92,6 +92,7 @@ impl ServiceState {
                         meta,
                         &e.serving,
                         e.model.generative().is_some(),
+                        e.model.runtime(),
                     ),
                     ready: metadata::model_ready(&meta.name),
                 }

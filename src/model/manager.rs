@@ -18,11 +18,13 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::onnx::OnnxModel;
+use super::onnx::{self, OnnxModel};
+use super::onnxruntime::{self, OrtModel};
 use super::pbtxt::{self, ModelConfigFile, WarmupData, WarmupSample};
 use super::registry::{builtin_models, BUILTIN_VERSION, DEFAULT_PLACEMENT_HEAVY};
 use super::repository::{self, ModelFolder};
 use super::{Model, ModelEntry, ModelRegistry, Serving};
+use crate::config::OnnxBackend;
 use crate::config::{Config, ModelControlMode, ModelSettings};
 use crate::error::{ApiError, StartupError};
 use crate::tensor::{DataType, Tensor};
@@ -450,6 +452,14 @@ impl ModelManager {
         Ok(versions)
     }
 
+    /// Sessions an ONNX Runtime model opens: one per shard.
+    fn sessions(&self) -> usize {
+        crate::topology::affinity_cpus()
+            .ok()
+            .and_then(|cpus| crate::topology::plan_shards(&self.config.shards, &cpus).ok())
+            .map_or(1, |plan| plan.len())
+    }
+
     fn load_version(
         &mut self,
         root: &Path,
@@ -460,14 +470,53 @@ impl ModelManager {
     ) -> Result<Arc<ModelEntry>, String> {
         let started = Instant::now();
         let before = resident_bytes();
-        let model = OnnxModel::load(
-            file,
-            &folder.name,
-            settings.max_batch_size,
-            (&config.inputs, &config.outputs),
-        )
+        let on_ort = || -> Result<Arc<dyn Model>, String> {
+            if !config.inputs.is_empty() || !config.outputs.is_empty() {
+                return Err(
+                    "its config.pbtxt declares inputs or outputs, which friday does not \
+                            apply on ONNX Runtime yet"
+                        .into(),
+                );
+            }
+            Ok(Arc::new(OrtModel::load(
+                file,
+                &folder.name,
+                settings.max_batch_size,
+                self.sessions(),
+                None,
+            )?))
+        };
+        let on_rten = || -> Result<Arc<dyn Model>, String> {
+            Ok(Arc::new(OnnxModel::load(
+                file,
+                &folder.name,
+                settings.max_batch_size,
+                (&config.inputs, &config.outputs),
+            )?))
+        };
+        let model = match settings.backend {
+            Some(OnnxBackend::OnnxRuntime) => on_ort(),
+            Some(OnnxBackend::Rten) => on_rten(),
+            // rten first; ONNX Runtime, when its library is there, for what rten cannot run.
+            None => on_rten().or_else(|rten| {
+                // Only a graph rten cannot build (an operator it lacks) goes to ONNX Runtime; a
+                // model that does not fit its configuration fails on either.
+                if !rten.contains(onnx::RTEN_CANNOT_LOAD) || onnxruntime::runtime(None).is_err() {
+                    return Err(rten);
+                }
+                on_ort()
+                    .inspect(|_| {
+                        tracing::info!(
+                            model = %folder.name,
+                            version,
+                            reason = %rten,
+                            "rten cannot run it; serving it on ONNX Runtime"
+                        )
+                    })
+                    .map_err(|ort| format!("{rten}; ONNX Runtime cannot either: {ort}"))
+            }),
+        }
         .map_err(|e| format!("version {version}: {e}"))?;
-        let model: Arc<dyn Model> = Arc::new(model);
         let serving = Serving::new(model.as_ref(), settings, DEFAULT_PLACEMENT_HEAVY);
         let loaded = started.elapsed();
         let samples = warmup_samples(model.as_ref(), &serving, &config.warmup, |f| {
@@ -493,6 +542,7 @@ impl ModelManager {
             load_ms = loaded.as_millis() as u64,
             ready_ms = started.elapsed().as_millis() as u64,
             resident_mib = resident >> 20,
+            runtime = entry.model.runtime(),
             "model loaded"
         );
         Ok(Arc::new(entry))

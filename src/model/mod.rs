@@ -9,6 +9,7 @@
 mod identity;
 pub mod manager;
 pub mod onnx;
+pub mod onnxruntime;
 pub mod pbtxt;
 mod registry;
 pub mod repository;
@@ -95,6 +96,12 @@ pub trait Model: Send + Sync + 'static {
     /// per request before batching, so that one bad request never fails a batch.
     fn check_request(&self, _inputs: &[Tensor<'_>]) -> Result<(), String> {
         Ok(())
+    }
+
+    /// What computes it: `rten` or `onnxruntime` for ONNX models, `builtin` for friday's own.
+    /// Shown in the log, the model configuration (`parameters.runtime`) and the repository index.
+    fn runtime(&self) -> &'static str {
+        "builtin"
     }
 
     /// For a model that writes text token by token: the part the shard's decoder drives. Such a

@@ -36,6 +36,10 @@ use crate::tensor::{DataType, Tensor};
 /// whose configuration does not say otherwise (Triton's `default-max-batch-size`).
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 4;
 
+/// How a load error begins when rten itself cannot build the graph (an operator it lacks), as
+/// opposed to a model that does not fit its configuration.
+pub const RTEN_CANNOT_LOAD: &str = "rten cannot load";
+
 /// How a tensor's elements travel between the KServe datatype and rten's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Element {
@@ -175,7 +179,7 @@ impl OnnxModel {
             .collect::<Result<_, _>>()?;
         drop(proto);
         let model = rten::Model::load(bytes)
-            .map_err(|e| format!("rten cannot load {}: {e}", path.display()))?;
+            .map_err(|e| format!("{RTEN_CANNOT_LOAD} {}: {e}", path.display()))?;
 
         let batchable = declared_inputs
             .iter()
@@ -541,6 +545,10 @@ fn from_value(
 impl Model for OnnxModel {
     fn metadata(&self) -> &ModelMetadata {
         &self.meta
+    }
+
+    fn runtime(&self) -> &'static str {
+        "rten"
     }
 
     fn check_request(&self, inputs: &[Tensor<'_>]) -> Result<(), String> {

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{Map, Value};
 
-use crate::config::{DynamicBatching, ModelSettings, Placement, VersionPolicy};
+use crate::config::{DynamicBatching, ModelSettings, OnnxBackend, Placement, VersionPolicy};
 use crate::tensor::DataType;
 
 /// Triton's schema, compiled by `build.rs`.
@@ -544,6 +544,18 @@ fn interpret(doc: &mut Map<String, Value>, folder_name: &str) -> Result<ModelCon
                 other => {
                     return Err(format!(
                         "parameters placement is '{other}': use \"inline\" or \"worker\""
+                    ))
+                }
+            });
+        }
+        if let Some(Value::Object(mut p)) = take(&mut params, "backend") {
+            let value = take_str(&mut p, "string_value").unwrap_or_default();
+            c.settings.backend = Some(match value.as_str() {
+                "rten" => OnnxBackend::Rten,
+                "onnxruntime" => OnnxBackend::OnnxRuntime,
+                other => {
+                    return Err(format!(
+                        "parameters backend is '{other}': use \"rten\" or \"onnxruntime\""
                     ))
                 }
             });

@@ -513,7 +513,7 @@ fn decode_raw_binary<'a>(
             let total = known.checked_mul(size).filter(|&t| t > 0);
             let fill = match (wildcards, total) {
                 (0, Some(t)) if body.len() == t => None,
-                (1, Some(t)) if body.len() % t == 0 => Some(body.len() / t),
+                (1, Some(t)) if body.len().is_multiple_of(t) => Some(body.len() / t),
                 _ => {
                     return Err(ApiError::invalid(format!(
                         "raw binary request: {} bytes do not fit input '{}' ({} {:?})",

@@ -91,8 +91,14 @@ pub fn model_ready(name: &str) -> Vec<u8> {
 
 /// `GET …/config`: Triton's model configuration as JSON (the fields of config.pbtxt that describe
 /// a model served by friday), with Triton's field names, including its `dynamic_batching`.
-/// `decoupled`: the model answers a request with many responses (a generative model).
-pub fn model_config(meta: &ModelMetadata, serving: &Serving, decoupled: bool) -> Vec<u8> {
+/// `decoupled`: the model answers a request with many responses (a generative model);
+/// `runtime`: what computes it (see [`crate::model::Model::runtime`]).
+pub fn model_config(
+    meta: &ModelMetadata,
+    serving: &Serving,
+    decoupled: bool,
+    runtime: &str,
+) -> Vec<u8> {
     let b = &serving.dynamic_batching;
     let dynamic_batching = json!({
         "preferred_batch_size": serving.policy.preferred_batch_sizes,
@@ -153,7 +159,10 @@ pub fn model_config(meta: &ModelMetadata, serving: &Serving, decoupled: bool) ->
             "gpus": [],
         }],
         "default_model_filename": "",
-        "parameters": { "placement": { "string_value": serving.placement.to_string() } },
+        "parameters": {
+            "placement": { "string_value": serving.placement.to_string() },
+            "runtime": { "string_value": runtime },
+        },
         "model_warmup": [],
         "model_transaction_policy": { "decoupled": decoupled },
     }))
@@ -185,6 +194,7 @@ mod tests {
             Simple::new().metadata(),
             &simple.serving,
             false,
+            "builtin",
         ))
         .unwrap();
         assert_eq!(v["dynamic_batching"]["max_queue_delay_microseconds"], 0);

@@ -305,6 +305,7 @@ pub(crate) fn run(setup: ShardSetup) {
     let started = setup.started.clone();
     let (id, cpu) = (setup.id, setup.cpu);
     crate::topology::pin_current_thread(cpu);
+    crate::model::onnxruntime::set_thread_session(cpu);
     let mut shard = match Shard::new(setup) {
         Ok(s) => s,
         Err(e) => {

@@ -158,6 +158,8 @@ fn run(
 
 fn pin_to(cpu: usize) {
     crate::topology::pin_current_thread(cpu);
+    // The shard's own ONNX Runtime session: the worker computes only while its shard waits.
+    crate::model::onnxruntime::set_thread_session(cpu);
     // The worker shares its CPU with the shard's reactor. As SCHED_IDLE it runs only while the
     // reactor sleeps, and the reactor preempts it the moment a socket or the doorbell wakes it,
     // so I/O (accepts, reads, 429s, deadline failures) never waits out a scheduler slice behind

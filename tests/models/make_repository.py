@@ -1,7 +1,7 @@
 """Writes a small Triton-layout model repository of ONNX models for friday's tests, with the
 parameters the references are computed from (numpy, independently of any ONNX runtime).
 
-Usage: python3 make_repository.py DIR [--wide]
+Usage: python3 make_repository.py DIR [--wide] [--shrink]
        python3 make_repository.py DIR --linear-version N
   DIR/repository/...   the model repository
   DIR/params.npz       the weights, for the references
@@ -25,6 +25,8 @@ Models:
   unsupported  an operator no runtime has
   wide         y = x @ W, x FP32 [batch, 2048], W [2048, 4096]: 32 MiB of weights, for memory
                (written only with --wide)
+  shrink       Shrink (lambd 0.5, bias 0.25) on x FP32 [batch, 4]: an operator rten lacks and
+               ONNX Runtime has (written only with --shrink)
 """
 import os
 import sys
@@ -87,6 +89,15 @@ def unsupported():
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("org.friday.test", 1)]
     )
+
+
+def shrink():
+    """Shrink (lambd 0.5, bias 0.25): an ONNX operator rten lacks and ONNX Runtime has."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    node = helper.make_node("Shrink", ["x"], ["y"], lambd=0.5, bias=0.25)
+    graph = helper.make_graph([node], "shrink", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def doubler():
@@ -190,6 +201,8 @@ def main():
     write(os.path.join(repo, "malformed", "config.pbtxt"), 'name: "malformed"\nmax_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 4 } ]\n')
     save(linear(w, b1), os.path.join(repo, "mistyped", "1", "model.onnx"))
     write(os.path.join(repo, "mistyped", "config.pbtxt"), 'input [ { name: "x" data_type: TYPE_INT32 dims: [ 4 ] } ]\n')
+    if "--shrink" in sys.argv[2:]:
+        save(shrink(), os.path.join(repo, "shrink", "1", "model.onnx"))
     if "--wide" in sys.argv[2:]:
         big = rng.standard_normal((2048, 4096)).astype(np.float32)
         save(wide(big), os.path.join(repo, "wide", "1", "model.onnx"))
