@@ -26,6 +26,22 @@ fn library() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A server on repository `repo` whose `linear` runs on ONNX Runtime (library `lib`).
+fn linear_on_onnx_runtime(tag: &str, shards: usize, repo: &std::path::Path, lib: &str) -> Server {
+    let on_ort = config_file(tag, "[models.linear]\nbackend = \"onnxruntime\"\n");
+    let mut cmd = Server::command(
+        shards,
+        &[
+            "--model-repository",
+            repo.to_str().unwrap(),
+            "--config",
+            on_ort.to_str().unwrap(),
+        ],
+    );
+    cmd.env("ORT_DYLIB_PATH", lib);
+    Server::spawn(cmd)
+}
+
 fn outputs(server: &Server) -> Value {
     let r = server.client().post_json(
         "/v2/models/linear/infer",
@@ -46,19 +62,8 @@ fn a_model_on_onnx_runtime_agrees_with_rten() {
     };
     let dir = make_repository("ort");
     let repo = dir.join("repository");
-    let on_ort = config_file("ort", "[models.linear]\nbackend = \"onnxruntime\"\n");
     for shards in [1, 2] {
-        let mut cmd = Server::command(
-            shards,
-            &[
-                "--model-repository",
-                repo.to_str().unwrap(),
-                "--config",
-                on_ort.to_str().unwrap(),
-            ],
-        );
-        cmd.env("ORT_DYLIB_PATH", &lib);
-        let ort = Server::spawn(cmd);
+        let ort = linear_on_onnx_runtime("ort", shards, &repo, &lib);
         let rten = Server::start_with(shards, &["--model-repository", repo.to_str().unwrap()]);
         let (a, b) = (outputs(&ort), outputs(&rten));
         assert_eq!(a["shape"], b["shape"]);
@@ -93,22 +98,8 @@ fn onnx_runtime_adds_no_threads_to_the_shards() {
     };
     let dir = make_repository("ort-threads");
     let repo = dir.join("repository");
-    let on_ort = config_file(
-        "ort-threads",
-        "[models.linear]\nbackend = \"onnxruntime\"\n",
-    );
     let shards = available_cpus().min(2);
-    let mut cmd = Server::command(
-        shards,
-        &[
-            "--model-repository",
-            repo.to_str().unwrap(),
-            "--config",
-            on_ort.to_str().unwrap(),
-        ],
-    );
-    cmd.env("ORT_DYLIB_PATH", &lib);
-    let ort = Server::spawn(cmd);
+    let ort = linear_on_onnx_runtime("ort-threads", shards, &repo, &lib);
     let rten = Server::start_with(shards, &["--model-repository", repo.to_str().unwrap()]);
     let idle = threads(ort.pid());
     // Under load: every shard has run the model.

@@ -36,6 +36,27 @@ use crate::tensor::{DataType, Tensor};
 /// whose configuration does not say otherwise (Triton's `default-max-batch-size`).
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 4;
 
+/// The `max_batch_size` a model serves at: the configured one, if its graph can batch along the
+/// first dimension (`batchable`: every input and output's is dynamic); otherwise
+/// [`DEFAULT_MAX_BATCH_SIZE`] for a batchable graph and 0 (no batch dimension) for another. Both
+/// ONNX backends decide it so.
+pub(crate) fn batch_size(
+    configured: Option<usize>,
+    batchable: bool,
+    path: &Path,
+) -> Result<usize, String> {
+    match configured {
+        Some(n) if n > 0 && !batchable => Err(format!(
+            "max_batch_size is {n}, but not every input and output of {} has a dynamic first \
+             dimension to batch along; set max_batch_size = 0",
+            path.display()
+        )),
+        Some(n) => Ok(n),
+        None if batchable => Ok(DEFAULT_MAX_BATCH_SIZE),
+        None => Ok(0),
+    }
+}
+
 /// How a load error begins when rten itself cannot build the graph (an operator it lacks), as
 /// opposed to a model that does not fit its configuration.
 pub const RTEN_CANNOT_LOAD: &str = "rten cannot load";
@@ -185,18 +206,7 @@ impl OnnxModel {
             .iter()
             .chain(&declared_outputs)
             .all(|(_, _, dims)| dims.first() == Some(&-1));
-        let max_batch_size = match max_batch_size {
-            Some(n) if n > 0 && !batchable => {
-                return Err(format!(
-                    "max_batch_size is {n}, but not every input and output of {} has a dynamic \
-                     first dimension to batch along; set max_batch_size = 0",
-                    path.display()
-                ))
-            }
-            Some(n) => n,
-            None if batchable => DEFAULT_MAX_BATCH_SIZE,
-            None => 0,
-        };
+        let max_batch_size = batch_size(max_batch_size, batchable, path)?;
         let port = |(name, elem, dims): &(String, OnnxType, Vec<i64>),
                     id: Option<NodeId>,
                     what: &str,

@@ -174,18 +174,7 @@ impl OrtModel {
             .iter()
             .chain(&out_specs)
             .all(|s| s.dims.first() == Some(&-1));
-        let max_batch_size = match max_batch_size {
-            Some(n) if n > 0 && !batchable => {
-                return Err(format!(
-                    "max_batch_size is {n}, but not every input and output of {} has a dynamic \
-                     first dimension to batch along; set max_batch_size = 0",
-                    path.display()
-                ))
-            }
-            Some(n) => n,
-            None if batchable => super::onnx::DEFAULT_MAX_BATCH_SIZE,
-            None => 0,
-        };
+        let max_batch_size = super::onnx::batch_size(max_batch_size, batchable, path)?;
         if max_batch_size > 0 {
             for s in in_specs.iter_mut().chain(out_specs.iter_mut()) {
                 s.dims.remove(0);

@@ -219,55 +219,31 @@ impl Client {
 
     /// Reads one response (for a HEAD request pass `head = true`: no body follows).
     pub fn read_response_to(&mut self, head: bool) -> Response {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("valid response head")
-            {
-                let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
+        let (status, headers) = self.read_head();
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let body = if chunked && !head {
+            self.read_chunked()
+        } else {
+            let len: usize = if head || status == 100 {
+                0
+            } else {
+                headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let chunked = headers.iter().any(|(k, v)| {
-                    k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-                });
-                if chunked && !head {
-                    self.buf.drain(..n);
-                    let body = self.read_chunked();
-                    return Response {
-                        status,
-                        headers,
-                        body,
-                    };
-                }
-                let len: usize = if head || status == 100 {
-                    0
-                } else {
-                    headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .map(|(_, v)| v.parse().unwrap())
-                        .expect("a friday response has Content-Length or is chunked")
-                };
-                while self.buf.len() < n + len {
-                    self.fill();
-                }
-                let body = self.buf[n..n + len].to_vec();
-                self.buf.drain(..n + len);
-                return Response {
-                    status,
-                    headers,
-                    body,
-                };
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .expect("a friday response has Content-Length or is chunked")
+            };
+            while self.buf.len() < len {
+                self.fill();
             }
-            self.fill();
+            self.buf.drain(..len).collect()
+        };
+        Response {
+            status,
+            headers,
+            body,
         }
     }
 
