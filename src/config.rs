@@ -134,6 +134,8 @@ pub struct Config {
     pub model_control: ModelControlConfig,
     /// Generative models: `generate` and `generate_stream`.
     pub generate: GenerateConfig,
+    /// The ONNX Runtime backend.
+    pub onnxruntime: OnnxRuntimeConfig,
     /// Per-model serving settings (`[models.<name>]`), with Triton's names.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -538,6 +540,17 @@ impl Default for GenerateConfig {
             stream_buffer_bytes: DEFAULT_STREAM_BUFFER_BYTES,
         }
     }
+}
+
+/// `[onnxruntime]`: the ONNX Runtime backend, for the models rten cannot run or that ask for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// ONNX Runtime's shared library (`libonnxruntime.so.*`, loaded at run time; the
+    /// onnxruntime wheel ships one in `onnxruntime/capi/`). Unset: `ORT_DYLIB_PATH`; without
+    /// either, models run on rten only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
 }
 
 /// A config value that cannot work, with the key that holds it and how to fix it.

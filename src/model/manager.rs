@@ -128,6 +128,10 @@ pub struct IndexEntry {
     /// Why it is unavailable.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// What computes a ready version: `rten`, `onnxruntime` or `builtin` (friday's own; the
+    /// model configuration's `parameters.runtime` says the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
 }
 
 /// A `load` request's configuration override: the `config` parameter, Triton's model
@@ -284,6 +288,7 @@ impl ModelManager {
                     version: Some(e.version.clone()),
                     state: "READY",
                     reason: String::new(),
+                    runtime: Some(e.model.runtime()),
                 }));
                 continue;
             }
@@ -299,6 +304,7 @@ impl ModelManager {
                 version: None,
                 state: "UNAVAILABLE",
                 reason,
+                runtime: None,
             });
         }
         rows
@@ -470,20 +476,15 @@ impl ModelManager {
     ) -> Result<Arc<ModelEntry>, String> {
         let started = Instant::now();
         let before = resident_bytes();
+        let library = self.config.onnxruntime.library.as_deref();
         let on_ort = || -> Result<Arc<dyn Model>, String> {
-            if !config.inputs.is_empty() || !config.outputs.is_empty() {
-                return Err(
-                    "its config.pbtxt declares inputs or outputs, which friday does not \
-                            apply on ONNX Runtime yet"
-                        .into(),
-                );
-            }
             Ok(Arc::new(OrtModel::load(
                 file,
                 &folder.name,
                 settings.max_batch_size,
+                (&config.inputs, &config.outputs),
                 self.sessions(),
-                None,
+                library,
             )?))
         };
         let on_rten = || -> Result<Arc<dyn Model>, String> {
@@ -495,13 +496,24 @@ impl ModelManager {
             )?))
         };
         let model = match settings.backend {
-            Some(OnnxBackend::OnnxRuntime) => on_ort(),
+            Some(OnnxBackend::OnnxRuntime) => {
+                on_ort().map_err(|e| match onnxruntime::runtime(library) {
+                    // Asked for by name, the missing library is the error, with the way to rten.
+                    Err(missing) => format!(
+                    "it is set to run on ONNX Runtime (backend \"onnxruntime\"), but {missing}; \
+                     or set backend = \"rten\" under [models.{}] to run it on rten",
+                    folder.name
+                ),
+                    Ok(_) => e,
+                })
+            }
             Some(OnnxBackend::Rten) => on_rten(),
             // rten first; ONNX Runtime, when its library is there, for what rten cannot run.
             None => on_rten().or_else(|rten| {
                 // Only a graph rten cannot build (an operator it lacks) goes to ONNX Runtime; a
                 // model that does not fit its configuration fails on either.
-                if !rten.contains(onnx::RTEN_CANNOT_LOAD) || onnxruntime::runtime(None).is_err() {
+                if !rten.contains(onnx::RTEN_CANNOT_LOAD) || onnxruntime::runtime(library).is_err()
+                {
                     return Err(rten);
                 }
                 on_ort()
@@ -531,6 +543,7 @@ impl ModelManager {
                     .map_err(|e| format!("version {version}: warm-up '{name}': {e}"))?;
             }
         }
+        release_free_memory();
         let resident = resident_bytes().saturating_sub(before);
         let mut entry = ModelEntry::new(self.next_slot, &version.to_string(), model, serving);
         entry.resident_bytes = resident;
@@ -738,6 +751,16 @@ fn random_element(datatype: DataType) -> Vec<u8> {
         DataType::Fp64 => (fastrand::f64() * 2.0 - 1.0).to_le_bytes().to_vec(),
         DataType::Fp16 | DataType::Bf16 => vec![0, 0],
         DataType::Bytes => vec![0; 4],
+    }
+}
+
+/// Hands the heap's free memory back to the system: loading a model parses and copies its
+/// weights through transient buffers, which glibc's allocator would otherwise keep resident.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -88,9 +88,6 @@ impl Element {
     }
 }
 
-/// A graph input or output as declared: name, element type, dimensions.
-type GraphTensor = (String, OnnxType, Vec<i64>);
-
 /// One input or output: its node in rten's graph, how its elements convert, and, where
 /// `config.pbtxt` reshapes it, the shape on the other side (without the batch dimension): the
 /// shape the model takes for an input, the shape clients get for an output.
@@ -207,58 +204,37 @@ impl OnnxModel {
             .chain(&declared_outputs)
             .all(|(_, _, dims)| dims.first() == Some(&-1));
         let max_batch_size = batch_size(max_batch_size, batchable, path)?;
-        let port = |(name, elem, dims): &(String, OnnxType, Vec<i64>),
-                    id: Option<NodeId>,
-                    what: &str,
-                    decl: Option<&TensorDecl>|
-         -> Result<(Port, TensorSpec), String> {
-            let (element, datatype) = Element::from_onnx(*elem).ok_or_else(|| {
+        let element = |what: &str, name: &str, elem: OnnxType| {
+            Element::from_onnx(elem).ok_or_else(|| {
                 format!(
                     "{what} '{name}' is {}, which friday's rten backend does not serve \
                      (FP32, INT32, INT64, INT8, UINT8 and BOOL are served)",
-                    onnx_type_name(*elem)
+                    onnx_type_name(elem)
                 )
-            })?;
-            let node = id.ok_or_else(|| format!("rten found no {what} named '{name}'"))?;
-            let dims = if max_batch_size > 0 {
-                dims[1..].to_vec()
-            } else {
-                dims.clone()
-            };
-            let Some(decl) = decl else {
-                return Ok((
+            })
+        };
+        let ports = |graph: &[GraphTensor<OnnxType>], decls: &[TensorDecl], what: &str| {
+            bind(graph, decls, what, max_batch_size, |name, elem| {
+                element(what, name, elem)
+            })?
+            .into_iter()
+            .map(|b| {
+                let node = model
+                    .find_node(&b.graph_name)
+                    .ok_or_else(|| format!("rten found no {what} named '{}'", b.graph_name))?;
+                Ok((
                     Port {
                         node,
-                        element,
-                        reshape: None,
+                        element: b.element,
+                        reshape: b.reshape,
                     },
-                    TensorSpec::new(name, datatype, &dims),
-                ));
-            };
-            let (port, spec) = declared_port(what, decl, &dims, datatype)?;
-            Ok((
-                Port {
-                    node,
-                    element,
-                    reshape: port,
-                },
-                spec,
-            ))
+                    b.spec,
+                ))
+            })
+            .collect::<Result<(Vec<Port>, Vec<TensorSpec>), String>>()
         };
-        let (mut inputs, mut input_specs) = (Vec::new(), Vec::new());
-        for d in order(&declared_inputs, declared.0, "input", true)? {
-            let decl = declared.0.iter().find(|t| t.name == d.0);
-            let (p, s) = port(d, model.find_node(&d.0), "input", decl)?;
-            inputs.push(p);
-            input_specs.push(s);
-        }
-        let (mut outputs, mut output_specs) = (Vec::new(), Vec::new());
-        for d in order(&declared_outputs, declared.1, "output", false)? {
-            let decl = declared.1.iter().find(|t| t.name == d.0);
-            let (p, s) = port(d, model.find_node(&d.0), "output", decl)?;
-            outputs.push(p);
-            output_specs.push(s);
-        }
+        let (inputs, input_specs) = ports(&declared_inputs, declared.0, "input")?;
+        let (outputs, output_specs) = ports(&declared_outputs, declared.1, "output")?;
         Ok(OnnxModel {
             model,
             meta: ModelMetadata {
@@ -275,15 +251,62 @@ impl OnnxModel {
     }
 }
 
+/// A graph input or output as the graph declares it: name, element type (the backend's), and
+/// dimensions (-1 where dynamic).
+pub(crate) type GraphTensor<E> = (String, E, Vec<i64>);
+
+/// One input or output as served: the graph's name for it, the backend's element, the reshape
+/// `config.pbtxt` asks for (see [`declared_port`]) and the KServe spec.
+pub(crate) struct Bound<X> {
+    pub graph_name: String,
+    pub element: X,
+    pub reshape: Option<Vec<i64>>,
+    pub spec: TensorSpec,
+}
+
+/// The graph's inputs or outputs (`what`) as served, for either ONNX backend: in the order
+/// `config.pbtxt` declares them (the graph's own when it declares none), without the batch
+/// dimension when `max_batch_size` > 0, each checked against its declaration. `element` maps
+/// a graph element type to the backend's and the KServe datatype, or says why it cannot.
+pub(crate) fn bind<E: Copy, X>(
+    graph: &[GraphTensor<E>],
+    declared: &[TensorDecl],
+    what: &str,
+    max_batch_size: usize,
+    mut element: impl FnMut(&str, E) -> Result<(X, DataType), String>,
+) -> Result<Vec<Bound<X>>, String> {
+    order(graph, declared, what, what == "input")?
+        .into_iter()
+        .map(|(name, elem, dims)| {
+            let (element, datatype) = element(name, *elem)?;
+            let dims = if max_batch_size > 0 {
+                dims.get(1..).unwrap_or_default().to_vec()
+            } else {
+                dims.clone()
+            };
+            let (reshape, spec) = match declared.iter().find(|t| &t.name == name) {
+                Some(decl) => declared_port(what, decl, &dims, datatype)?,
+                None => (None, TensorSpec::new(name, datatype, &dims)),
+            };
+            Ok(Bound {
+                graph_name: name.clone(),
+                element,
+                reshape,
+                spec,
+            })
+        })
+        .collect()
+}
+
 /// The graph's inputs or outputs in the order `config.pbtxt` declares them (the graph's order
 /// when it declares none). Every declared one must be in the graph; every graph input must be
 /// declared (`all`), while a configuration may serve a subset of the outputs.
-fn order<'g>(
-    graph: &'g [GraphTensor],
+fn order<'g, E>(
+    graph: &'g [GraphTensor<E>],
     declared: &[TensorDecl],
     what: &str,
     all: bool,
-) -> Result<Vec<&'g GraphTensor>, String> {
+) -> Result<Vec<&'g GraphTensor<E>>, String> {
     if declared.is_empty() {
         return Ok(graph.iter().collect());
     }
@@ -321,7 +344,7 @@ fn order<'g>(
 
 /// A tensor `config.pbtxt` declares, checked against the graph's `dims` (without the batch
 /// dimension) and `datatype`: the port's reshape, if any, and the served spec.
-fn declared_port(
+pub(crate) fn declared_port(
     what: &str,
     decl: &TensorDecl,
     dims: &[i64],
@@ -391,7 +414,7 @@ fn declared_port(
 
 /// `shape` with its trailing dimensions (after the batch dimension, if `batched`) replaced by
 /// `reshape`, one -1 in it sized so that the element count stays the same.
-fn reshaped(shape: &[usize], reshape: &[i64], batched: bool) -> SmallVec<[usize; 4]> {
+pub(crate) fn reshaped(shape: &[usize], reshape: &[i64], batched: bool) -> SmallVec<[usize; 4]> {
     let total: usize = shape.iter().product();
     let mut out: SmallVec<[usize; 4]> = SmallVec::new();
     if batched {

@@ -1,24 +1,28 @@
-//! ONNX models on ONNX Runtime, for the operators rten lacks.
+//! ONNX models on ONNX Runtime: the models rten cannot run, and those that ask for it.
 //!
-//! The library is loaded at run time, once per process, from `ORT_DYLIB_PATH` (the onnxruntime
-//! wheel on PyPI ships `onnxruntime/capi/libonnxruntime.so.*`); without it friday runs on rten
-//! alone. A model has one session per shard, each with one intra-op and one inter-op thread and
-//! no spinning, so ONNX Runtime starts no threads that compete with the shards; the sessions
-//! share ONNX Runtime's prepacked weights. The KServe signature is the session's; a
-//! `config.pbtxt` that declares inputs or outputs (to rename, reorder or reshape them) is not
-//! applied on ONNX Runtime yet, and such a model is refused rather than served differently.
+//! The library is loaded at run time, once per process, from `[onnxruntime] library` or
+//! `ORT_DYLIB_PATH` (the onnxruntime wheel on PyPI ships `onnxruntime/capi/libonnxruntime.so.*`);
+//! without it friday runs on rten alone. A model has one session per shard, each with one
+//! intra-op and one inter-op thread and no spinning, so ONNX Runtime computes on the calling
+//! shard's (or its worker's) thread and starts no threads that compete with the shards. With
+//! more than one session, the weights are held once: the sessions share friday's copy of the
+//! initializers and one container of ONNX Runtime's prepacked weights. The KServe signature is
+//! the session's, or what `config.pbtxt` declares (renamed, reordered, reshaped), checked and
+//! applied exactly as on rten.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::memory::Allocator;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynTensor, TensorElementType};
+use ort::value::{DynTensor, DynValue, TensorElementType};
 
-use super::{Model, ModelError, ModelMetadata, Outputs, TensorSpec};
+use super::onnx::{bind, reshaped, GraphTensor};
+use super::pbtxt::TensorDecl;
+use super::{Model, ModelError, ModelMetadata, Outputs};
 use crate::tensor::{DataType, Tensor};
 
 static RUNTIME: OnceLock<Result<Environment, String>> = OnceLock::new();
@@ -45,8 +49,9 @@ pub fn runtime(library: Option<&Path>) -> Result<&'static Environment, String> {
                 .map(Path::to_path_buf)
                 .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
                 .ok_or_else(|| {
-                    "ONNX Runtime is not available: set ORT_DYLIB_PATH to its library (for \
-                     example the onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.*)"
+                    "ONNX Runtime's library is not available: set library under [onnxruntime] \
+                     or ORT_DYLIB_PATH to its path (the onnxruntime wheel on PyPI ships \
+                     onnxruntime/capi/libonnxruntime.so.*)"
                         .to_string()
                 })?;
             ort::init_from(&path)
@@ -79,10 +84,13 @@ fn element_type(t: TensorElementType) -> Option<DataType> {
     })
 }
 
-/// One port of the model: its name and ONNX Runtime's element type.
+/// One input or output of the model: its name in the graph, ONNX Runtime's element type, and
+/// the reshape `config.pbtxt` asks for (the model's shape for an input, the clients' for an
+/// output, without the batch dimension).
 struct Port {
     name: String,
     element: TensorElementType,
+    reshape: Option<Vec<i64>>,
 }
 
 /// An ONNX model on ONNX Runtime: one session per shard.
@@ -97,20 +105,31 @@ pub struct OrtModel {
 
 impl OrtModel {
     /// Loads `path` as model `name` with `count` sessions (one per shard), each on one thread.
+    /// `declared`: the inputs and outputs `config.pbtxt` declares (empty: the graph's own), as
+    /// on rten.
     pub fn load(
         path: &Path,
         name: &str,
         max_batch_size: Option<usize>,
+        declared: (&[TensorDecl], &[TensorDecl]),
         count: usize,
         library: Option<&Path>,
     ) -> Result<Self, String> {
         let env = runtime(library)?;
-        // The sessions share the weights ONNX Runtime prepacks (its matrix layouts), so each
-        // session adds its own buffers, not another copy of the packed weights.
+        // More than one session share the model's weights: friday reads them once and hands
+        // every session the same tensors, and the sessions share the copies ONNX Runtime
+        // prepacks (its matrix layouts) through one container, so each further session adds its
+        // working buffers only. A lone session keeps its own weights: ONNX Runtime frees the
+        // originals of the weights it prepacks, which it cannot do with lent ones.
         let prepacked = ort::session::builder::PrepackedWeights::new();
+        let shared = if count > 1 {
+            shared_initializers(path)?
+        } else {
+            Vec::new()
+        };
         let open = || -> Result<Session, String> {
             let options = |e: ort::Error<_>| format!("ONNX Runtime session options: {e}");
-            Session::builder(env)
+            let mut builder = Session::builder(env)
                 .map_err(|e| format!("ONNX Runtime session: {e}"))?
                 .with_intra_threads(1)
                 .map_err(options)?
@@ -125,61 +144,67 @@ impl OrtModel {
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(options)?
                 .with_prepacked_weights(&prepacked)
-                .map_err(options)?
+                .map_err(options)?;
+            for (name, value) in &shared {
+                builder = builder
+                    .with_initializer(name, Arc::clone(value))
+                    .map_err(options)?;
+            }
+            builder
                 .commit_from_file(path)
                 .map_err(|e| format!("ONNX Runtime cannot load {}: {e}", path.display()))
         };
         let first = open()?;
-        let port = |o: &ort::value::Outlet, what: &str| -> Result<(Port, TensorSpec), String> {
-            let element = o.dtype().tensor_type().ok_or_else(|| {
-                format!(
-                    "{what} '{}' is not a tensor; friday serves tensors only",
-                    o.name()
-                )
-            })?;
-            let datatype = element_type(element).ok_or_else(|| {
-                format!(
-                    "{what} '{}' has element type {element:?}, which friday does not serve",
-                    o.name()
-                )
-            })?;
-            let dims: Vec<i64> = o
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.iter().map(|&d| if d > 0 { d } else { -1 }).collect())
-                .unwrap_or_default();
-            Ok((
-                Port {
-                    name: o.name().to_string(),
-                    element,
-                },
-                TensorSpec::new(o.name(), datatype, &dims),
-            ))
-        };
-        let (inputs, mut in_specs): (Vec<Port>, Vec<TensorSpec>) = first
-            .inputs()
+        let graph =
+            |outlets: &[ort::value::Outlet]| -> Vec<GraphTensor<Option<TensorElementType>>> {
+                outlets
+                    .iter()
+                    .map(|o| {
+                        let dims = o
+                            .dtype()
+                            .tensor_shape()
+                            .map(|s| s.iter().map(|&d| if d > 0 { d } else { -1 }).collect())
+                            .unwrap_or_default();
+                        (o.name().to_string(), o.dtype().tensor_type(), dims)
+                    })
+                    .collect()
+            };
+        let (graph_inputs, graph_outputs) = (graph(first.inputs()), graph(first.outputs()));
+        let batchable = graph_inputs
             .iter()
-            .map(|o| port(o, "input"))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
-        let (outputs, mut out_specs): (Vec<Port>, Vec<TensorSpec>) = first
-            .outputs()
-            .iter()
-            .map(|o| port(o, "output"))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
-        let batchable = in_specs
-            .iter()
-            .chain(&out_specs)
-            .all(|s| s.dims.first() == Some(&-1));
+            .chain(&graph_outputs)
+            .all(|(_, _, dims)| dims.first() == Some(&-1));
         let max_batch_size = super::onnx::batch_size(max_batch_size, batchable, path)?;
-        if max_batch_size > 0 {
-            for s in in_specs.iter_mut().chain(out_specs.iter_mut()) {
-                s.dims.remove(0);
-            }
-        }
+        let ports = |graph: &[GraphTensor<Option<TensorElementType>>],
+                     decls: &[TensorDecl],
+                     what: &str| {
+            let element = |name: &str, t: Option<TensorElementType>| {
+                let t = t.ok_or_else(|| {
+                    format!("{what} '{name}' is not a tensor; friday serves tensors only")
+                })?;
+                let datatype = element_type(t).ok_or_else(|| {
+                    format!("{what} '{name}' has element type {t:?}, which friday does not serve")
+                })?;
+                Ok((t, datatype))
+            };
+            Ok::<_, String>(
+                bind(graph, decls, what, max_batch_size, element)?
+                    .into_iter()
+                    .map(|b| {
+                        (
+                            Port {
+                                name: b.graph_name,
+                                element: b.element,
+                                reshape: b.reshape,
+                            },
+                            b.spec,
+                        )
+                    })
+                    .unzip(),
+            )
+        };
+        let (inputs, in_specs) = ports(&graph_inputs, declared.0, "input")?;
+        let (outputs, out_specs) = ports(&graph_outputs, declared.1, "output")?;
         let mut sessions = vec![Mutex::new(first)];
         for _ in 1..count.max(1) {
             sessions.push(Mutex::new(open()?));
@@ -215,6 +240,93 @@ impl OrtModel {
     }
 }
 
+/// Initializers smaller than this stay in each session (sharing them saves nothing).
+const SHARED_INITIALIZER_MIN_BYTES: usize = 4096;
+
+/// The model's weights as ONNX Runtime tensors, read once (with rten's ONNX parser), for every
+/// session to use in place of its own copy. Weights stored outside the model file stay with
+/// ONNX Runtime, as do small ones and types friday does not map.
+fn shared_initializers(path: &Path) -> Result<Vec<(String, Arc<DynValue>)>, String> {
+    use rten_onnx::onnx::{DataLocation, DataType as Onnx, ModelProto};
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let model = ModelProto::parse_file(file)
+        .map_err(|e| format!("cannot read {} as ONNX: {e}", path.display()))?;
+    let mut shared = Vec::new();
+    for t in model.graph.iter().flat_map(|g| &g.initializer) {
+        let (Some(name), Some(kind)) = (&t.name, t.data_type) else {
+            continue;
+        };
+        if t.data_location == Some(DataLocation::EXTERNAL) {
+            continue;
+        }
+        // Large weights are raw little-endian bytes; the typed fields cover the older exporters.
+        let bytes: Vec<u8> = match &t.raw_data {
+            Some(raw) => raw.take(),
+            None if kind == Onnx::FLOAT => le_bytes(&t.float_data, f32::to_le_bytes),
+            None if kind == Onnx::DOUBLE => le_bytes(&t.double_data, f64::to_le_bytes),
+            None if kind == Onnx::INT64 => le_bytes(&t.int64_data, i64::to_le_bytes),
+            None if kind == Onnx::INT32 => le_bytes(&t.int32_data, i32::to_le_bytes),
+            None => continue,
+        };
+        if bytes.len() < SHARED_INITIALIZER_MIN_BYTES {
+            continue;
+        }
+        let dims = t.dims.as_slice();
+        let value = match kind {
+            Onnx::FLOAT => owned::<f32>(dims, &bytes),
+            Onnx::DOUBLE => owned::<f64>(dims, &bytes),
+            Onnx::FLOAT16 => owned::<half::f16>(dims, &bytes),
+            Onnx::BFLOAT16 => owned::<half::bf16>(dims, &bytes),
+            Onnx::INT8 => owned::<i8>(dims, &bytes),
+            Onnx::UINT8 => owned::<u8>(dims, &bytes),
+            Onnx::INT16 => owned::<i16>(dims, &bytes),
+            Onnx::UINT16 => owned::<u16>(dims, &bytes),
+            Onnx::INT32 => owned::<i32>(dims, &bytes),
+            Onnx::UINT32 => owned::<u32>(dims, &bytes),
+            Onnx::INT64 => owned::<i64>(dims, &bytes),
+            Onnx::UINT64 => owned::<u64>(dims, &bytes),
+            _ => continue,
+        };
+        // A weight whose size does not match its shape is left to ONNX Runtime to report.
+        let Some(value) =
+            value.map_err(|e| format!("ONNX Runtime cannot hold weight '{name}': {e}"))?
+        else {
+            continue;
+        };
+        shared.push((name.clone(), Arc::new(value)));
+    }
+    Ok(shared)
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// A tensor of `dims` over `bytes` (little-endian `T`s) in memory friday owns, as ONNX Runtime
+/// requires of a shared initializer; `None` when the sizes disagree.
+fn owned<T>(dims: &[i64], bytes: &[u8]) -> Result<Option<DynValue>, ort::Error>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + Default + 'static,
+{
+    let size = std::mem::size_of::<T>();
+    let elements = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+    if elements.and_then(|n| n.checked_mul(size)) != Some(bytes.len()) {
+        return Ok(None);
+    }
+    let mut data = vec![T::default(); bytes.len() / size];
+    // SAFETY: `data` holds exactly `bytes.len()` bytes of plain numbers, for which any bit
+    // pattern is valid; ONNX stores them little-endian, as the hosts friday runs on do.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
+    Ok(Some(
+        ort::value::Tensor::from_array((dims.to_vec(), data))?.into_dyn(),
+    ))
+}
+
 fn lock(m: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
     // A session whose run panicked is still usable: ONNX Runtime holds no Rust invariants.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -233,8 +345,15 @@ impl Model for OrtModel {
         let fail = |e: ort::Error| ModelError(format!("ONNX Runtime: {e}"));
         let allocator = Allocator::default();
         let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        let batched = self.meta.max_batch_size > 0;
         for (t, port) in inputs.iter().zip(&self.inputs) {
-            let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let shape: Vec<i64> = match &port.reshape {
+                Some(r) => reshaped(&t.shape, r, batched)
+                    .iter()
+                    .map(|&d| d as i64)
+                    .collect(),
+                None => t.shape.iter().map(|&d| d as i64).collect(),
+            };
             let mut value = DynTensor::new(&allocator, port.element, shape).map_err(fail)?;
             let dst = value.data_ptr_mut().cast::<u8>();
             // SAFETY: the tensor was just allocated for `shape` elements of the input's type,
@@ -250,8 +369,11 @@ impl Model for OrtModel {
             let v = results.get(&port.name).ok_or_else(|| {
                 ModelError(format!("ONNX Runtime returned no output '{}'", port.name))
             })?;
-            let shape: crate::tensor::Shape =
+            let mut shape: crate::tensor::Shape =
                 v.shape().iter().map(|&d| d.max(0) as usize).collect();
+            if let Some(r) = &port.reshape {
+                shape = reshaped(&shape, r, batched).into_iter().collect();
+            }
             let bytes = spec.datatype.element_size().unwrap_or(0) * v.shape().num_elements();
             let v = v
                 .view()

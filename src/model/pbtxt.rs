@@ -3,8 +3,9 @@
 //! file Triton accepts parses here and a malformed one fails with its line and column.
 //!
 //! friday acts on:
-//! - `name` (must match the folder), `platform: "onnxruntime_onnx"` / `backend: "onnxruntime"`,
-//!   `default_model_filename`;
+//! - `name` (must match the folder), `default_model_filename`;
+//! - `platform: "onnxruntime_onnx"` (rten, or ONNX Runtime for a model rten cannot run) and
+//!   `backend: "onnxruntime"` (ONNX Runtime);
 //! - `max_batch_size`, `version_policy`;
 //! - `input` and `output`: `name`, `data_type`, `dims`, `reshape` (checked against the ONNX graph
 //!   and used as the served signature);
@@ -12,7 +13,8 @@
 //!   `priority_levels`, `default_priority_level`, and `default_queue_policy`'s `max_queue_size`
 //!   and `default_timeout_microseconds`;
 //! - `model_warmup` (zero, random or file data);
-//! - `parameters { key: "placement" value { string_value: "inline" | "worker" } }`.
+//! - `parameters { key: "placement" value { string_value: "inline" | "worker" } }` and
+//!   `parameters { key: "backend" value { string_value: "rten" | "onnxruntime" } }`.
 //!
 //! Every other field that is set is returned in [`ModelConfigFile::ignored`] for the loader to
 //! log: never silently dropped.
@@ -564,6 +566,12 @@ fn interpret(doc: &mut Map<String, Value>, folder_name: &str) -> Result<ModelCon
             c.ignored.push(format!("parameters.{k}"));
         }
     }
+    // Triton's `backend: "onnxruntime"` names ONNX Runtime: friday runs the model there (a
+    // `parameters` backend, friday's own key, says otherwise); `platform: "onnxruntime_onnx"`
+    // alone leaves the choice to friday (rten, or ONNX Runtime for what rten cannot run).
+    if backend.as_deref() == Some("onnxruntime") && c.settings.backend.is_none() {
+        c.settings.backend = Some(OnnxBackend::OnnxRuntime);
+    }
     for (k, v) in std::mem::take(doc) {
         leftovers(&k, v, &mut c.ignored);
     }
@@ -684,8 +692,24 @@ default_model_filename: "m.onnx"
         assert!(parse("name: \"other\"", "m")
             .unwrap_err()
             .contains("'other'"));
-        assert!(parse("backend: \"onnxruntime\"", "m").is_ok());
         assert!(parse("default_model_filename: \"../x.onnx\"", "m").is_err());
+    }
+
+    #[test]
+    fn backend_onnxruntime_asks_for_onnx_runtime_and_platform_leaves_the_choice() {
+        let backend = |text: &str| parse(text, "m").unwrap().settings.backend;
+        assert_eq!(
+            backend("backend: \"onnxruntime\""),
+            Some(OnnxBackend::OnnxRuntime)
+        );
+        assert_eq!(backend("platform: \"onnxruntime_onnx\""), None);
+        assert_eq!(backend(""), None);
+        assert_eq!(
+            backend(
+                "backend: \"onnxruntime\"\nparameters { key: \"backend\" value { string_value: \"rten\" } }"
+            ),
+            Some(OnnxBackend::Rten)
+        );
     }
 
     #[test]

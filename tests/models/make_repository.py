@@ -1,7 +1,7 @@
 """Writes a small Triton-layout model repository of ONNX models for friday's tests, with the
 parameters the references are computed from (numpy, independently of any ONNX runtime).
 
-Usage: python3 make_repository.py DIR [--wide] [--shrink]
+Usage: python3 make_repository.py DIR [--wide] [--shrink] [--lookup]
        python3 make_repository.py DIR --linear-version N
   DIR/repository/...   the model repository
   DIR/params.npz       the weights, for the references
@@ -27,6 +27,9 @@ Models:
                (written only with --wide)
   shrink       Shrink (lambd 0.5, bias 0.25) on x FP32 [batch, 4]: an operator rten lacks and
                ONNX Runtime has (written only with --shrink)
+  lookup       y = E[ids], ids INT64 [batch, 4] -> y FP32 [batch, 4, 1024], E[i, j] = i + j / 1024
+               for i < 8192: 32 MiB of weights no runtime prepacks; its config.pbtxt says
+               backend "onnxruntime" (written only with --lookup)
 """
 import os
 import sys
@@ -97,6 +100,16 @@ def shrink():
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     node = helper.make_node("Shrink", ["x"], ["y"], lambd=0.5, bias=0.25)
     graph = helper.make_graph([node], "shrink", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def lookup():
+    """A Gather from a 32 MiB table, E[i, j] = i + j / 1024 (exact in FP32)."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 1024])
+    table = (np.arange(8192, dtype=np.float32)[:, None] + np.arange(1024, dtype=np.float32)[None, :] / 1024).astype(np.float32)
+    node = helper.make_node("Gather", ["E", "ids"], ["y"], axis=0)
+    graph = helper.make_graph([node], "lookup", [ids], [y], initializer=[numpy_helper.from_array(table, "E")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -203,6 +216,9 @@ def main():
     write(os.path.join(repo, "mistyped", "config.pbtxt"), 'input [ { name: "x" data_type: TYPE_INT32 dims: [ 4 ] } ]\n')
     if "--shrink" in sys.argv[2:]:
         save(shrink(), os.path.join(repo, "shrink", "1", "model.onnx"))
+    if "--lookup" in sys.argv[2:]:
+        save(lookup(), os.path.join(repo, "lookup", "1", "model.onnx"))
+        write(os.path.join(repo, "lookup", "config.pbtxt"), 'backend: "onnxruntime"\n')
     if "--wide" in sys.argv[2:]:
         big = rng.standard_normal((2048, 4096)).astype(np.float32)
         save(wide(big), os.path.join(repo, "wide", "1", "model.onnx"))
