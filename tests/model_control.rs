@@ -1,7 +1,7 @@
 //! The model manager end to end: the repository API through tritonclient in explicit mode (with
-//! and without a restricted API), a hot swap under load in explicit and poll modes (no failed
-//! request, every answer from exactly one version), unloading a model with requests waiting in
-//! its queue, and loads racing unloads.
+//! and without a restricted API), a hot swap under load in explicit mode (on rten and on ONNX
+//! Runtime) and in poll mode (no failed request, every answer from exactly one version),
+//! unloading a model with requests waiting in its queue, and loads racing unloads.
 
 mod common;
 
@@ -237,14 +237,30 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = make_repository("swap-explicit");
     let repo = out.join("repository");
-    for shards in [1, 2] {
+    // On rten, and on ONNX Runtime where its library is installed: the manager swaps both alike.
+    let on_ort = config_file(
+        "swap-explicit",
+        "[models.linear]\nbackend = \"onnxruntime\"\n",
+    );
+    let mut rounds = vec![(None, 1), (None, 2)];
+    match onnxruntime_library() {
+        Some(lib) => rounds.extend([(Some(lib.clone()), 1), (Some(lib), 2)]),
+        None => println!("SKIPPED on ONNX Runtime: no library (set ORT_DYLIB_PATH)"),
+    }
+    for (lib, shards) in rounds {
         // Start from version 2 alone, whatever an earlier round added.
         let _ = std::fs::remove_dir_all(repo.join("linear/3"));
-        let s = serve_repository(
-            shards,
-            &repo,
-            &["--model-control-mode", "explicit", "--load-model", "linear"],
-        );
+        let mut args = vec!["--model-repository", repo.to_str().unwrap()];
+        args.extend(["--model-control-mode", "explicit", "--load-model", "linear"]);
+        if lib.is_some() {
+            args.extend(["--config", on_ort.to_str().unwrap()]);
+        }
+        let mut cmd = Server::command(shards, &args);
+        if let Some(lib) = &lib {
+            cmd.env("ORT_DYLIB_PATH", lib);
+        }
+        let s = Server::spawn(cmd);
+        let runtime = if lib.is_some() { "onnxruntime" } else { "rten" };
         let addr = s.addr;
         // Version 3 is written beforehand: the swap is the load call alone.
         add_linear_version(&out, 3);
@@ -259,7 +275,7 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
             began,
             ended,
             Duration::ZERO,
-            &format!("explicit, {shards} shard(s)"),
+            &format!("explicit, {shards} shard(s), {runtime}"),
         );
         let index = s
             .client()
@@ -273,6 +289,7 @@ fn a_new_version_loads_under_load_with_no_failed_request_in_explicit_mode() {
             .collect();
         assert_eq!(linear.len(), 1, "{index}");
         assert_eq!(linear[0]["version"], "3");
+        assert_eq!(linear[0]["runtime"], runtime);
     }
 }
 

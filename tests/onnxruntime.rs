@@ -5,27 +5,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::{json, Value};
-
-/// The ONNX Runtime library: `ORT_DYLIB_PATH`, or the one in the onnxruntime wheel.
-fn library() -> Option<String> {
-    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
-        return Some(p);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import onnxruntime, os, glob; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])",
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 const NO_LIBRARY: &str =
     "SKIPPED: no ONNX Runtime library (set ORT_DYLIB_PATH or pip install onnxruntime)";
@@ -65,7 +46,7 @@ fn outputs(server: &Server) -> Value {
 
 #[test]
 fn a_model_on_onnx_runtime_agrees_with_rten() {
-    let Some(lib) = library() else {
+    let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };
@@ -99,7 +80,7 @@ fn threads(pid: u32) -> usize {
 
 #[test]
 fn onnx_runtime_adds_no_threads_to_the_shards() {
-    let Some(lib) = library() else {
+    let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };
@@ -157,7 +138,7 @@ fn a_model_rten_cannot_run_is_served_on_onnx_runtime() {
                 "data": [1.0, -1.0, 0.3, 2.0]}]}),
         )
     };
-    let Some(lib) = library() else {
+    let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };
@@ -223,7 +204,7 @@ fn backend_onnxruntime_in_config_pbtxt_runs_the_model_there_with_its_declaration
                 {"name": "b", "shape": [1, 8], "datatype": "INT64", "data": [8, 7, 6, 5, 4, 3, 2, 1]}]}),
         ),
     ];
-    let Some(lib) = library() else {
+    let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };
@@ -345,7 +326,7 @@ fn onnx_runtime_sessions_hold_the_weights_once() {
         println!("SKIPPED: needs 2 CPUs to run 2 shards");
         return;
     }
-    let Some(lib) = library() else {
+    let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };

@@ -18,29 +18,9 @@ RATE=${RATE:-20}
 BIN=${BIN:-target/release/friday}
 PORT=18093
 URL=http://127.0.0.1:$PORT
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
-
-model=$(../shared/tools/minilm.sh)
-mkdir -p "$tmp/repo/minilm/1"
-cp "$model" "$tmp/repo/minilm/1/model.onnx"
+source tuning/minilm-common.sh
 python3 tuning/minilm-inputs.py 128 > "$tmp/input.json"
-python3 -c "import onnxruntime" 2>/dev/null || python3 -m pip install --quiet onnxruntime
-cargo build --release --quiet
 
-start() { # start CPUS CONFIG EXTRA…
-  local cpus=$1 config=$2
-  shift 2
-  taskset -c "$cpus" "$BIN" serve --cpus "$cpus" --http-address 127.0.0.1 --http-port $PORT \
-    --model-repository "$tmp/repo" --config "$config" "$@" > "$tmp/server.log" 2>&1 &
-  server=$!
-  for _ in $(seq 400); do
-    curl -s -o /dev/null "$URL/v2/models/minilm/ready" && return
-    sleep 0.05
-  done
-  echo "the server did not get ready"; cat "$tmp/server.log"; exit 1
-}
-stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; }
 bench() { # bench JSON ARGS…
   local out=$1
   shift

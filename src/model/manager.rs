@@ -539,7 +539,7 @@ impl ModelManager {
         for (name, inputs, count) in &samples {
             for _ in 0..*count {
                 model
-                    .infer(inputs)
+                    .warm_up(inputs)
                     .map_err(|e| format!("version {version}: warm-up '{name}': {e}"))?;
             }
         }

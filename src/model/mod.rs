@@ -91,6 +91,12 @@ pub trait Model: Send + Sync + 'static {
     /// inputs.
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError>;
 
+    /// Runs a warm-up batch (on the model manager's thread, before the model serves) on every
+    /// part that will serve requests: a backend with one session per shard runs it on each.
+    fn warm_up(&self, inputs: &[Tensor<'_>]) -> Result<(), ModelError> {
+        self.infer(inputs).map(drop)
+    }
+
     /// Checks one request's inputs beyond what the metadata says (a range of values the backend
     /// computes in, say). An error is the client's (400); the message names the input. Called
     /// per request before batching, so that one bad request never fails a batch.

@@ -230,7 +230,7 @@ impl OrtModel {
         if let Some(i) = SESSION.with(Cell::get) {
             return lock(&self.sessions[i % n]);
         }
-        // A thread without a shard (the model manager warming the model up): any free one.
+        // A thread without a shard: any free one.
         for s in &self.sessions {
             if let Ok(g) = s.try_lock() {
                 return g;
@@ -342,6 +342,25 @@ impl Model for OrtModel {
     }
 
     fn infer<'a>(&self, inputs: &'a [Tensor<'_>]) -> Result<Outputs<'a>, ModelError> {
+        self.run(&mut self.session(), inputs)
+    }
+
+    /// Every session runs the batch: each shard's first request finds its session warm.
+    fn warm_up(&self, inputs: &[Tensor<'_>]) -> Result<(), ModelError> {
+        for session in &self.sessions {
+            self.run(&mut lock(session), inputs)?;
+        }
+        Ok(())
+    }
+}
+
+impl OrtModel {
+    /// Runs one batch on `session`.
+    fn run<'a>(
+        &self,
+        session: &mut Session,
+        inputs: &'a [Tensor<'_>],
+    ) -> Result<Outputs<'a>, ModelError> {
         let fail = |e: ort::Error| ModelError(format!("ONNX Runtime: {e}"));
         let allocator = Allocator::default();
         let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
@@ -362,7 +381,6 @@ impl Model for OrtModel {
             unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()) };
             values.push((port.name.as_str(), value.into()));
         }
-        let mut session = self.session();
         let results = session.run(values).map_err(fail)?;
         let mut outputs = Outputs::new();
         for (port, spec) in self.outputs.iter().zip(&self.meta.outputs) {

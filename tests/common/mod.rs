@@ -627,3 +627,20 @@ pub fn aside_linear_version(
         linear.join(version.to_string()),
     )
 }
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH`, or the one in the onnxruntime wheel.
+pub fn onnxruntime_library() -> Option<String> {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        return Some(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os, glob; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
