@@ -138,13 +138,21 @@ fn a_model_rten_cannot_run_is_served_on_onnx_runtime() {
                 "data": [1.0, -1.0, 0.3, 2.0]}]}),
         )
     };
+    // Without the library, rten alone cannot serve it, and the index says what would.
+    let alone = serve(1, &repo, None, &[]);
+    assert_eq!(infer(&alone).status, 404);
+    let reason = index(&alone)["shrink"]["reason"].clone();
+    assert!(
+        reason
+            .as_str()
+            .unwrap()
+            .contains("ONNX Runtime might run it"),
+        "{reason}"
+    );
     let Some(lib) = onnxruntime_library() else {
         println!("{NO_LIBRARY}");
         return;
     };
-    // Without the library, rten alone cannot serve it.
-    let alone = serve(1, &repo, None, &[]);
-    assert_eq!(infer(&alone).status, 404);
     for shards in [1, 2] {
         let s = serve(shards, &repo, Some(&lib), &[]);
         let r = infer(&s);
@@ -158,8 +166,15 @@ fn a_model_rten_cannot_run_is_served_on_onnx_runtime() {
             config["parameters"]["runtime"]["string_value"],
             "onnxruntime"
         );
+        assert_eq!(config["backend"], "onnxruntime");
+        assert_eq!(
+            config["parameters"]["backend"]["string_value"],
+            "onnxruntime"
+        );
         let linear = s.client().get("/v2/models/linear/config").json();
         assert_eq!(linear["parameters"]["runtime"]["string_value"], "rten");
+        // Loaded back as a `config`, the document keeps linear on rten.
+        assert_eq!(linear["parameters"]["backend"]["string_value"], "rten");
         let rows = index(&s);
         assert_eq!(rows["shrink"]["runtime"], "onnxruntime");
         assert_eq!(rows["linear"]["runtime"], "rten");
@@ -186,9 +201,21 @@ fn backend_onnxruntime_in_config_pbtxt_runs_the_model_there_with_its_declaration
     let repo = dir.join("repository");
     // reshaped: served as [batch, 4], computed as [batch, 2, 2]; addsub: its inputs and outputs
     // as declared, dynamic batching, warm-up. Both now name ONNX Runtime as their backend.
+    // addsub's config.pbtxt declares its inputs and outputs in the reverse of the graph's order.
+    let swap = |text: String, x: &str, y: &str| {
+        let (lx, ly) = (
+            format!("{{ name: \"{x}\" data_type: TYPE_INT64 dims: [ 8 ] }}"),
+            format!("{{ name: \"{y}\" data_type: TYPE_INT64 dims: [ 8 ] }}"),
+        );
+        assert!(text.contains(&lx) && text.contains(&ly), "{text}");
+        text.replace(&lx, "@").replace(&ly, &lx).replace('@', &ly)
+    };
     for model in ["reshaped", "addsub"] {
         let path = repo.join(model).join("config.pbtxt");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if model == "addsub" {
+            text = swap(swap(text, "a", "b"), "sum", "diff");
+        }
         std::fs::write(&path, format!("backend: \"onnxruntime\"\n{text}")).unwrap();
     }
     let requests = [
@@ -204,10 +231,6 @@ fn backend_onnxruntime_in_config_pbtxt_runs_the_model_there_with_its_declaration
                 {"name": "b", "shape": [1, 8], "datatype": "INT64", "data": [8, 7, 6, 5, 4, 3, 2, 1]}]}),
         ),
     ];
-    let Some(lib) = onnxruntime_library() else {
-        println!("{NO_LIBRARY}");
-        return;
-    };
     // Without the library, a model that names ONNX Runtime does not load, and says why.
     let alone = serve(1, &repo, None, &[]);
     let rows = index(&alone);
@@ -223,6 +246,10 @@ fn backend_onnxruntime_in_config_pbtxt_runs_the_model_there_with_its_declaration
     );
     assert_eq!(rows["linear"]["runtime"], "rten");
     drop(alone);
+    let Some(lib) = onnxruntime_library() else {
+        println!("{NO_LIBRARY}");
+        return;
+    };
     // The library from ORT_DYLIB_PATH with 1 shard, from friday's configuration with 2.
     let configured = config_file("ort-pbtxt", &format!("[onnxruntime]\nlibrary = {lib:?}\n"));
     for shards in [1, 2] {
@@ -271,14 +298,17 @@ fn backend_onnxruntime_in_config_pbtxt_runs_the_model_there_with_its_declaration
             .collect();
         assert_eq!(
             names,
-            ["sum", "diff"],
+            ["diff", "sum"],
             "the outputs in config.pbtxt's order"
         );
-        assert_eq!(out["outputs"][0]["data"], json!([9, 9, 9, 9, 9, 9, 9, 9]));
         assert_eq!(
-            out["outputs"][1]["data"],
+            out["outputs"][0]["data"],
             json!([-7, -5, -3, -1, 1, 3, 5, 7])
         );
+        assert_eq!(out["outputs"][1]["data"], json!([9, 9, 9, 9, 9, 9, 9, 9]));
+        let meta = s.client().get("/v2/models/addsub").json();
+        assert_eq!(meta["inputs"][0]["name"], "b", "{meta}");
+        assert_eq!(meta["inputs"][1]["name"], "a", "{meta}");
         // The same datatype and shape errors as on rten.
         let wrong = s.client().post_json(
             "/v2/models/reshaped/infer",

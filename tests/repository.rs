@@ -2,7 +2,8 @@
 //! `tests/models/make_repository.py` (Python's `onnx` package), with and without `config.pbtxt`
 //! files, checked through NVIDIA's tritonclient against numpy references by
 //! `tests/conformance/repository_conformance.py`, with 1 and 2 shards. Models that cannot load (a
-//! file that is not ONNX, an operator nobody has, a malformed or mistaken config.pbtxt) are
+//! file that is not ONNX, an operator nobody has, a malformed or mistaken config.pbtxt, a
+//! warm-up sample that does not fit) are
 //! logged with the reason and not served, while the others are.
 
 mod common;
@@ -44,6 +45,11 @@ fn a_triton_repository_of_onnx_models_serves_through_tritonclient() {
         assert!(
             mistyped.contains("TYPE_FP32 in the model but TYPE_INT32 in config.pbtxt"),
             "{mistyped}"
+        );
+        let miswarmed = not_loaded(logs, "miswarmed").expect("a warm-up at odds with the model");
+        assert!(
+            miswarmed.contains("gives input 'x' as TYPE_INT64 [4]; the model takes TYPE_FP32 [4]"),
+            "{miswarmed}"
         );
         assert!(
             logs.iter().any(|l| l["message"]

@@ -512,9 +512,11 @@ impl ModelManager {
             None => on_rten().or_else(|rten| {
                 // Only a graph rten cannot build (an operator it lacks) goes to ONNX Runtime; a
                 // model that does not fit its configuration fails on either.
-                if !rten.contains(onnx::RTEN_CANNOT_LOAD) || onnxruntime::runtime(library).is_err()
-                {
+                if !rten.contains(onnx::RTEN_CANNOT_LOAD) {
                     return Err(rten);
+                }
+                if let Err(missing) = onnxruntime::runtime(library) {
+                    return Err(format!("{rten}; ONNX Runtime might run it: {missing}"));
                 }
                 on_ort()
                     .inspect(|_| {
@@ -711,6 +713,25 @@ fn warmup_samples(
                             .ok_or_else(|| {
                                 format!("sample '{}' has no input '{}'", sample.name, spec.name)
                             })?;
+                        // Triton refuses a sample that does not fit the input; so does friday,
+                        // rather than hand a backend bytes of another shape or type.
+                        let fits = input.dims.len() == spec.dims.len()
+                            && input
+                                .dims
+                                .iter()
+                                .zip(&spec.dims)
+                                .all(|(&d, &s)| d == s || (s < 0 && d >= 0));
+                        if input.datatype != spec.datatype || !fits {
+                            return Err(format!(
+                                "sample '{}' gives input '{}' as {} {:?}; the model takes {} {:?}",
+                                sample.name,
+                                spec.name,
+                                input.datatype.config_name(),
+                                input.dims,
+                                spec.datatype.config_name(),
+                                spec.dims
+                            ));
+                        }
                         tensor(input.datatype, &input.dims, sample.batch_size, &input.data)
                     })
                     .collect::<Result<Vec<_>, String>>()?;

@@ -123,7 +123,12 @@ impl OrtModel {
         // originals of the weights it prepacks, which it cannot do with lent ones.
         let prepacked = ort::session::builder::PrepackedWeights::new();
         let shared = if count > 1 {
-            shared_initializers(path)?
+            // A file rten's parser cannot read is still ONNX Runtime's to try: each session then
+            // keeps its own weights.
+            shared_initializers(path).unwrap_or_else(|e| {
+                tracing::warn!(model = name, reason = %e, "each session keeps its own weights");
+                Vec::new()
+            })
         } else {
             Vec::new()
         };
@@ -365,7 +370,7 @@ impl OrtModel {
         let allocator = Allocator::default();
         let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         let batched = self.meta.max_batch_size > 0;
-        for (t, port) in inputs.iter().zip(&self.inputs) {
+        for ((t, port), spec) in inputs.iter().zip(&self.inputs).zip(&self.meta.inputs) {
             let shape: Vec<i64> = match &port.reshape {
                 Some(r) => reshaped(&t.shape, r, batched)
                     .iter()
@@ -373,12 +378,30 @@ impl OrtModel {
                     .collect(),
                 None => t.shape.iter().map(|&d| d as i64).collect(),
             };
+            // What the tensor about to be allocated holds: checked here, not trusted (a batch
+            // from the protocol fits its spec, and so must anything else that runs the model).
+            let size = spec.datatype.element_size().and_then(|e| {
+                shape
+                    .iter()
+                    .try_fold(e, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+            });
+            if t.datatype != spec.datatype || size != Some(t.data.len()) {
+                return Err(ModelError(format!(
+                    "input '{}': {} bytes of {} for shape {shape:?} of {}",
+                    spec.name,
+                    t.data.len(),
+                    t.datatype.name(),
+                    spec.datatype.name()
+                )));
+            }
             let mut value = DynTensor::new(&allocator, port.element, shape).map_err(fail)?;
-            let dst = value.data_ptr_mut().cast::<u8>();
-            // SAFETY: the tensor was just allocated for `shape` elements of the input's type,
-            // whose bytes are exactly `t.data` (the protocol checked size against shape and
-            // datatype); the source may be unaligned, so it is copied bytewise.
-            unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()) };
+            if !t.data.is_empty() {
+                let dst = value.data_ptr_mut().cast::<u8>();
+                // SAFETY: the tensor was just allocated for `shape` elements of the input's
+                // type, exactly `t.data.len()` bytes (checked above, and not zero, so the
+                // pointer is real); the source may be unaligned, so it is copied bytewise.
+                unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()) };
+            }
             values.push((port.name.as_str(), value.into()));
         }
         let results = session.run(values).map_err(fail)?;
@@ -397,10 +420,14 @@ impl OrtModel {
                 .view()
                 .downcast::<ort::value::DynTensorValueType>()
                 .map_err(fail)?;
-            let src = v.data_ptr().cast::<u8>();
-            // SAFETY: ONNX Runtime's CPU tensor holds `num_elements` elements of the output's
-            // declared type; they are copied out before the session runs again.
-            let data = unsafe { std::slice::from_raw_parts(src, bytes) }.to_vec();
+            let data = if bytes == 0 {
+                Vec::new()
+            } else {
+                let src = v.data_ptr().cast::<u8>();
+                // SAFETY: ONNX Runtime's CPU tensor holds `num_elements` (not zero) elements of
+                // the output's declared type; they are copied out before the session runs again.
+                unsafe { std::slice::from_raw_parts(src, bytes) }.to_vec()
+            };
             outputs.push(Tensor {
                 datatype: spec.datatype,
                 shape,

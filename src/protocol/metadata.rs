@@ -92,7 +92,8 @@ pub fn model_ready(name: &str) -> Vec<u8> {
 /// `GET …/config`: Triton's model configuration as JSON (the fields of config.pbtxt that describe
 /// a model served by friday), with Triton's field names, including its `dynamic_batching`.
 /// `decoupled`: the model answers a request with many responses (a generative model);
-/// `runtime`: what computes it (see [`crate::model::Model::runtime`]).
+/// `runtime`: what computes it (see [`crate::model::Model::runtime`]), in `parameters.runtime`
+/// and, for an ONNX model, `parameters.backend`.
 pub fn model_config(
     meta: &ModelMetadata,
     serving: &Serving,
@@ -141,6 +142,16 @@ pub fn model_config(
             })
         })
         .collect();
+    let mut parameters = json!({
+        "placement": { "string_value": serving.placement.to_string() },
+        "runtime": { "string_value": runtime },
+    });
+    // An ONNX model's backend as friday's own key too, so that this document loaded back as a
+    // `config` keeps the model where it runs (`backend` above says "onnxruntime" on both, as
+    // Triton's clients expect of an ONNX model).
+    if matches!(runtime, "rten" | "onnxruntime") {
+        parameters["backend"] = json!({ "string_value": runtime });
+    }
     serde_json::to_vec(&json!({
         "name": meta.name,
         "platform": meta.platform,
@@ -159,10 +170,7 @@ pub fn model_config(
             "gpus": [],
         }],
         "default_model_filename": "",
-        "parameters": {
-            "placement": { "string_value": serving.placement.to_string() },
-            "runtime": { "string_value": runtime },
-        },
+        "parameters": parameters,
         "model_warmup": [],
         "model_transaction_policy": { "decoupled": decoupled },
     }))

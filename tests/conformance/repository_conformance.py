@@ -117,7 +117,7 @@ def main():
     for v, b in (("1", p["b1"]), ("2", p["b"])):
         got = client.infer("pair", [tensor("x", x, "FP32")], model_version=v).as_numpy("y")
         check(np.allclose(got, np.maximum(x @ p["w"] + b, 0.0), atol=1e-5), f"pair version {v} answers with its weights")
-    for model in ("malformed", "mistyped"):
+    for model in ("malformed", "mistyped", "miswarmed"):
         check(not client.is_model_ready(model), f"{model} (a bad config.pbtxt) is not served")
 
     e = infer_error(client, "linear", [tensor("x", np.ones((1, 5), np.float32), "FP32")])

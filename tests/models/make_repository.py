@@ -22,6 +22,7 @@ Models:
   broken       a model file that is not ONNX
   malformed    a config.pbtxt with a syntax error (line 3)
   mistyped     a config.pbtxt that declares linear's FP32 input as INT32
+  miswarmed    linear with a model_warmup sample that gives its FP32 input as INT64
   unsupported  an operator no runtime has
   wide         y = x @ W, x FP32 [batch, 2048], W [2048, 4096]: 32 MiB of weights, for memory
                (written only with --wide)
@@ -214,6 +215,11 @@ def main():
     write(os.path.join(repo, "malformed", "config.pbtxt"), 'name: "malformed"\nmax_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 4 } ]\n')
     save(linear(w, b1), os.path.join(repo, "mistyped", "1", "model.onnx"))
     write(os.path.join(repo, "mistyped", "config.pbtxt"), 'input [ { name: "x" data_type: TYPE_INT32 dims: [ 4 ] } ]\n')
+    save(linear(w, b1), os.path.join(repo, "miswarmed", "1", "model.onnx"))
+    write(
+        os.path.join(repo, "miswarmed", "config.pbtxt"),
+        'model_warmup [ { name: "wrong" batch_size: 1 inputs { key: "x" value: { data_type: TYPE_INT64 dims: [ 4 ] zero_data: true } } } ]\n',
+    )
     if "--shrink" in sys.argv[2:]:
         save(shrink(), os.path.join(repo, "shrink", "1", "model.onnx"))
     if "--lookup" in sys.argv[2:]:
