@@ -1,4 +1,4 @@
-//! The command line: `friday serve` and its flags.
+//! The command line: `friday serve` and its flags, `friday bench`, `friday doctor`.
 //!
 //! Flags override the config file, which overrides the built-in defaults. Every flag's help
 //! names its default; a test keeps those texts in step with the constants in [`crate::config`].
@@ -26,6 +26,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load a KServe v2 server (friday, Triton, …): open or closed loop, latency percentiles, plots.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Check this host for `friday serve` with the same flags: a verdict per check and the fix
+    /// for each problem; exits 1 if friday could not start as configured.
+    Doctor(ServeArgs),
 }
 
 /// `friday serve` flags. Unset flags fall back to the config file, then to the defaults.
@@ -138,16 +141,76 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Bench(args) => crate::bench::main(&args),
+        Command::Doctor(args) => doctor(&args),
+    }
+}
+
+/// The configuration `args` give, or the exit status (2) once the error is printed.
+fn checked_config(args: &ServeArgs) -> Result<Config, ExitCode> {
+    args.config().map_err(|e| {
+        eprintln!("friday: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// `friday doctor`: every check, printed, then a summary.
+fn doctor(args: &ServeArgs) -> ExitCode {
+    let config = match checked_config(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let checks = crate::doctor::checks(
+        &config,
+        std::path::Path::new("/"),
+        &crate::doctor::Probes::live(&config, true),
+    );
+    for c in &checks {
+        println!("{c}");
+    }
+    let count = |v| checks.iter().filter(|c| c.verdict == v).count();
+    use crate::doctor::Verdict;
+    println!(
+        "{} ok, {} warning(s), {} failure(s)",
+        count(Verdict::Ok),
+        count(Verdict::Warn),
+        count(Verdict::Fail)
+    );
+    if crate::doctor::worst(&checks) == Verdict::Fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The preflight `serve` runs before any shard starts: warnings are logged with their fix; a
+/// failure stops the start with its message and fix (exit 1).
+fn preflight(config: &Config) -> Result<(), String> {
+    use crate::doctor::{checks, Probes, Verdict};
+    let checks = checks(
+        config,
+        std::path::Path::new("/"),
+        &Probes::live(config, false),
+    );
+    let mut failed = Vec::new();
+    for c in &checks {
+        let fix = c.fix.as_deref().unwrap_or("");
+        match c.verdict {
+            Verdict::Ok => {}
+            Verdict::Warn => tracing::warn!(check = c.name, found = %c.found, fix, "preflight"),
+            Verdict::Fail => failed.push(format!("{}: {}; {fix}", c.name, c.found)),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("preflight failed: {}", failed.join("; ")))
     }
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let config = match args.config() {
+    let config = match checked_config(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("friday: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if args.check_config {
         println!("# configuration OK\n{}", config.to_toml());
@@ -160,6 +223,11 @@ fn serve(args: &ServeArgs) -> ExitCode {
     // Set here, before any other thread exists.
     if std::env::var_os("RTEN_NUM_THREADS").is_none() {
         std::env::set_var("RTEN_NUM_THREADS", "1");
+    }
+    if let Err(e) = preflight(&config) {
+        tracing::error!("{e}");
+        eprintln!("friday: {e}");
+        return ExitCode::FAILURE;
     }
     match crate::runtime::serve(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,6 +87,7 @@ pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod generate;
 pub mod http;

@@ -1,5 +1,5 @@
-//! The command line as a user meets it: help, `--check-config`, and startup errors that name
-//! their fix.
+//! The command line as a user meets it: help, `--check-config`, startup errors that name their
+//! fix, and `friday doctor`.
 
 mod common;
 
@@ -117,4 +117,30 @@ fn startup_errors_name_the_fix() {
     let port = held.local_addr().unwrap().port().to_string();
     let err = serve_error(&["--http-port", &port, "--shards", "1"]);
     assert!(err.contains("--http-port"), "{err}");
+}
+
+#[test]
+fn doctor_passes_this_host_and_fails_a_start_that_cannot_happen() {
+    let (code, out, err) = friday(&["doctor"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for check in [
+        "cpus",
+        "io_uring",
+        "memlock",
+        "cpu frequency governor",
+        "hyper-thread siblings",
+        "nic interrupts",
+        "listen backlog",
+        "transparent huge pages",
+        "onnx backends",
+    ] {
+        assert!(out.contains(check), "no '{check}' check in:\n{out}");
+    }
+    assert!(out.contains(" 0 failure(s)"), "{out}");
+    let (code, out, _) = friday(&["doctor", "--cpus", "4000"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  cpus") && out.contains("affinity mask"),
+        "{out}"
+    );
 }

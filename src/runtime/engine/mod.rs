@@ -85,6 +85,11 @@ pub struct EngineSelection {
     pub reason: String,
 }
 
+/// Whether this process can run the io_uring engine; if not, why, naming the fix.
+pub fn probe_io_uring() -> Result<(), String> {
+    uring::probe()
+}
+
 /// Chooses the engine: the configured one, or with `auto` io_uring when a probe ring with every
 /// feature friday uses can be set up, epoll otherwise. Asking for io_uring where it cannot run is
 /// an error that says why.
