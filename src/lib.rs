@@ -5,6 +5,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`cli`] | the command line (clap): `friday serve`, flags, `--check-config` |
+//! | [`doctor`] | the host preflight: `friday doctor`, and the checks `serve` runs before any shard starts |
 //! | [`config`] | the one config tree: TOML → serde → CLI overrides → [`config::Config::validate`] |
 //! | [`error`] | request errors and the one mapping from error to HTTP status; startup errors that name their fix |
 //! | [`topology`] | which CPUs the process may run on, and the shard plan (one CPU per shard) |
