@@ -144,3 +144,22 @@ fn doctor_passes_this_host_and_fails_a_start_that_cannot_happen() {
         "{out}"
     );
 }
+
+#[test]
+fn every_tuning_profile_is_a_valid_configuration() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/profiles");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let (code, out, err) = friday(&[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--check-config",
+        ]);
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.starts_with("# configuration OK"), "{out}");
+        seen += 1;
+    }
+    assert!(seen >= 3, "{seen} profiles in {dir}");
+}
