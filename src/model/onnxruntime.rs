@@ -118,9 +118,10 @@ impl OrtModel {
         let env = runtime(library)?;
         // More than one session share the model's weights: friday reads them once and hands
         // every session the same tensors, and the sessions share the copies ONNX Runtime
-        // prepacks (its matrix layouts) through one container, so each further session adds its
-        // working buffers only. A lone session keeps its own weights: ONNX Runtime frees the
-        // originals of the weights it prepacks, which it cannot do with lent ones.
+        // prepacks (its matrix layouts) through one container. A lone session keeps its own
+        // weights: ONNX Runtime frees the originals of the weights it prepacks, which it cannot
+        // do with lent ones. So the second shard adds those originals once, and every further
+        // shard only its session's working buffers.
         let prepacked = ort::session::builder::PrepackedWeights::new();
         let shared = if count > 1 {
             // A file rten's parser cannot read is still ONNX Runtime's to try: each session then
