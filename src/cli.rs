@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// TCP port to listen on; 0 picks a free port [default: 8000]
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// Join other friday processes already listening on the port (SO_REUSEPORT) instead of
+    /// refusing it: a blue-green handover on one host (deploy/systemd/bluegreen.sh)
+    /// [default: off]
+    #[arg(long)]
+    pub http_reuse_port: bool,
     /// Number of shards, on the first CPUs of the affinity mask [default: one per CPU in the mask]
     #[arg(long, value_name = "N", conflicts_with = "cpus")]
     pub shards: Option<usize>,
@@ -65,6 +70,9 @@ pub struct ServeArgs {
     /// In poll mode, seconds between two scans of the repository [default: 15]
     #[arg(long, value_name = "SECS")]
     pub repository_poll_secs: Option<u64>,
+    /// Stop the start if a model fails to load, as Triton's --exit-on-error [default: off]
+    #[arg(long)]
+    pub exit_on_error: bool,
     /// Restrict the model repository API to requests carrying this header and value, as
     /// Triton's: model-repository:HEADER=VALUE [default: unrestricted]
     #[arg(long, value_name = "SPEC")]
@@ -94,6 +102,9 @@ impl ServeArgs {
         if let Some(p) = self.http_port {
             config.http.port = p;
         }
+        if self.http_reuse_port {
+            config.http.reuse_port = true;
+        }
         // One flag replaces whatever the file said about shards.
         if let Some(n) = self.shards {
             config.shards.count = Some(n);
@@ -114,6 +125,9 @@ impl ServeArgs {
         }
         if let Some(s) = self.repository_poll_secs {
             config.model_control.poll_secs = s;
+        }
+        if self.exit_on_error {
+            config.model_control.exit_on_error = true;
         }
         if let Some(spec) = &self.http_restricted_api {
             let rest = spec.strip_prefix("model-repository:").ok_or_else(|| {

@@ -336,6 +336,11 @@ pub struct HttpConfig {
     pub max_buffered_bytes_per_shard: Option<u64>,
     /// Listen backlog per shard.
     pub listen_backlog: u32,
+    /// Share the port with other friday processes (`SO_REUSEPORT`) instead of refusing a port
+    /// something already listens on: for a blue-green handover on one host, where the new
+    /// process binds beside the old one, becomes ready, and the old one drains. Off by default,
+    /// so a second server started by mistake fails instead of silently taking half the traffic.
+    pub reuse_port: bool,
     /// Large binary outputs leave from the buffer the model wrote; a send of at least this many
     /// bytes goes zero-copy (io_uring `SEND_ZC`, or `MSG_ZEROCOPY` on the epoll engine). 0, the
     /// default, never: measured over loopback (`benches/send_paths.rs`) zero copy is slower at
@@ -357,6 +362,7 @@ impl Default for HttpConfig {
             min_send_bytes_per_second: DEFAULT_MIN_SEND_BYTES_PER_SECOND,
             max_buffered_bytes_per_shard: None,
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            reuse_port: false,
             zerocopy_send_min_bytes: 0,
         }
     }
@@ -470,6 +476,11 @@ pub struct ModelControlConfig {
     /// model-repository:HEADER=VALUE`; others get 403. Written `HEADER=VALUE`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restricted_api: Option<String>,
+    /// A model that fails to load at start stops the start (exit 1, before the port is bound),
+    /// as Triton's `--exit-on-error`. Off by default: the server starts and the repository
+    /// index gives the failure's reason. Turn it on where a half-working server would take
+    /// traffic from a working one: a blue-green handover on a shared port.
+    pub exit_on_error: bool,
 }
 
 impl Default for ModelControlConfig {
@@ -479,6 +490,7 @@ impl Default for ModelControlConfig {
             load: Vec::new(),
             poll_secs: DEFAULT_REPOSITORY_POLL_SECS,
             restricted_api: None,
+            exit_on_error: false,
         }
     }
 }

@@ -187,6 +187,9 @@ pub fn checks(config: &Config, root: &Path, probes: &Probes) -> Vec<Check> {
     out.push(siblings(&shard_cpus, &read));
     out.push(nic_interrupts(root, &shard_cpus, &read));
     out.push(somaxconn(config, &read));
+    if config.http.reuse_port {
+        out.push(port_handover(&read));
+    }
     out.push(huge_pages(&read));
     match &probes.onnxruntime {
         None => {}
@@ -414,6 +417,40 @@ fn somaxconn(config: &Config, read: &impl Fn(&str) -> Option<String>) -> Check {
     }
 }
 
+/// With `http.reuse_port`, a handover closes the old process's listeners while the new one's
+/// listen beside them; connections already queued on the old ones (handshake done, not yet
+/// accepted) move to the new process only if the kernel migrates them (`tcp_migrate_req`, Linux
+/// 5.14); otherwise they are reset.
+fn port_handover(read: &impl Fn(&str) -> Option<String>) -> Check {
+    let fix = "`sysctl -w net.ipv4.tcp_migrate_req=1` (and in /etc/sysctl.d/ to keep it)";
+    match read("/proc/sys/net/ipv4/tcp_migrate_req").map(|s| s.trim().to_string()) {
+        Some(v) if v == "1" => Check::ok(
+            "port handover",
+            "net.ipv4.tcp_migrate_req 1: connections queued on a draining process move to the \
+             process sharing its port",
+        ),
+        Some(v) => Check::short(
+            "port handover",
+            Verdict::Warn,
+            format!(
+                "net.ipv4.tcp_migrate_req is {v}: in a blue-green handover, connections queued on \
+                 the old process's listeners when it drains are reset instead of moving to the \
+                 new process"
+            ),
+            fix,
+        ),
+        None => Check::short(
+            "port handover",
+            Verdict::Warn,
+            "this kernel cannot migrate queued connections (net.ipv4.tcp_migrate_req, Linux \
+             5.14): in a blue-green handover, connections queued on the old process's listeners \
+             when it drains are reset",
+            "a kernel of 5.14 or later, or switch traffic in front of friday (a load balancer) \
+             instead of sharing the port",
+        ),
+    }
+}
+
 fn huge_pages(read: &impl Fn(&str) -> Option<String>) -> Check {
     let Some(setting) = read("/sys/kernel/mm/transparent_hugepage/enabled") else {
         return Check::ok("transparent huge pages", "not available; nothing to check");
@@ -563,6 +600,26 @@ mod tests {
             .found
             .contains("eth0 IRQ 40 on CPUs 3"));
         assert_eq!(fix("listen backlog"), "`sysctl -w net.core.somaxconn=1024`");
+        // The handover check runs only where the port is shared.
+        assert!(!checks.iter().any(|c| c.name == "port handover"));
+        let mut sharing = config("0-2");
+        sharing.http.reuse_port = true;
+        let shared = super::checks(&sharing, &root.0, &p);
+        let handover = find(&shared, "port handover");
+        assert_eq!(handover.verdict, Verdict::Warn, "{handover}");
+        assert!(
+            handover.fix.as_deref().unwrap().contains("5.14"),
+            "{handover}"
+        );
+        root.file("/proc/sys/net/ipv4/tcp_migrate_req", "0\n");
+        let shared = super::checks(&sharing, &root.0, &p);
+        assert_eq!(
+            find(&shared, "port handover").fix.as_deref().unwrap(),
+            "`sysctl -w net.ipv4.tcp_migrate_req=1` (and in /etc/sysctl.d/ to keep it)"
+        );
+        root.file("/proc/sys/net/ipv4/tcp_migrate_req", "1\n");
+        let shared = super::checks(&sharing, &root.0, &p);
+        assert_eq!(find(&shared, "port handover").verdict, Verdict::Ok);
         assert!(fix("transparent huge pages").contains("madvise"));
         assert!(fix("onnx backends").contains("ORT_DYLIB_PATH"));
         assert!(find(&checks, "io_uring")

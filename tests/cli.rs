@@ -159,6 +159,19 @@ fn every_tuning_profile_is_a_valid_configuration() {
         ]);
         assert_eq!(code, 0, "{}: {err}", path.display());
         assert!(out.starts_with("# configuration OK"), "{out}");
+        // One process per NUMA node on one port: the second must join the first.
+        let numa = path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("numa");
+        assert_eq!(
+            out.contains("reuse_port = true"),
+            numa,
+            "{}: {out}",
+            path.display()
+        );
         seen += 1;
     }
     assert!(seen >= 3, "{seen} profiles in {dir}");

@@ -125,6 +125,47 @@ fn a_repository_that_is_not_there_stops_the_start_with_the_reason() {
     assert!(err.contains("/definitely/not/a/repository"), "{err}");
 }
 
+#[test]
+fn exit_on_error_stops_the_start_when_a_model_fails_to_load() {
+    let out = make_repository("exit-on-error");
+    let repo = out.join("repository");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_friday"))
+            .args(["serve", "--http-address", "127.0.0.1", "--http-port", "0"])
+            .args([
+                "--shards",
+                "1",
+                "--model-repository",
+                repo.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--exit-on-error"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("model_control.exit_on_error"), "{err}");
+    assert!(err.contains("broken: "), "the failed model is named: {err}");
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.contains("friday listening"), "{logs}");
+
+    // With only models that load, the flag changes nothing.
+    let s = Server::start_with(
+        1,
+        &[
+            "--model-repository",
+            repo.to_str().unwrap(),
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "linear",
+            "--exit-on-error",
+        ],
+    );
+    assert_eq!(s.client().get("/v2/models/linear/ready").status, 200);
+}
+
 /// Resident memory of a server with `shards` shards serving `wide` once every shard has run it
 /// (requests on many connections reach every shard).
 fn rss_serving_wide(repo: &Path, shards: usize) -> f64 {

@@ -198,16 +198,27 @@ impl ModelManager {
             } else {
                 config.model_control.load.clone()
             };
+            let mut failed = Vec::new();
             for name in names {
                 if let Err(e) = m.load(&name, None) {
                     tracing::error!(model = %name, reason = %e.message, "model not loaded");
+                    failed.push(format!("{name}: {}", e.message));
                 }
             }
             for (name, why) in m.scan_failures() {
                 tracing::error!(model = %name, reason = %why, "model not loaded");
+                failed.push(format!("{name}: {why}"));
                 if repository::valid_model_name(&name) {
                     m.models.insert(name, State::Unavailable(why));
                 }
+            }
+            if config.model_control.exit_on_error && !failed.is_empty() {
+                return Err(StartupError::new(format!(
+                    "model_control.exit_on_error: {} model(s) failed to load, so friday does not \
+                     start: {}",
+                    failed.len(),
+                    failed.join("; ")
+                )));
             }
         }
         let served = m.registry();

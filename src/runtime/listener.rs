@@ -25,14 +25,27 @@ pub(crate) fn bind_listeners(
     let wanted = SocketAddr::new(ip, http.port);
     let domain = Domain::for_address(wanted);
     // A plain bind (SO_REUSEADDR, no SO_REUSEPORT) fails if anything listens there, including
-    // another friday, whose SO_REUSEPORT sockets would otherwise silently share the port.
+    // another friday, whose SO_REUSEPORT sockets would otherwise silently share the port. With
+    // `http.reuse_port` sharing is the point (a handover), so the probe joins the group instead:
+    // it still fails if something that did not ask to share holds the port.
     let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| StartupError::new(format!("cannot create a TCP socket: {e}")))?;
     let _ = probe.set_reuse_address(true);
+    if http.reuse_port {
+        probe
+            .set_reuse_port(true)
+            .map_err(|e| StartupError::new(format!("cannot set SO_REUSEPORT: {e}")))?;
+    }
     probe.bind(&SockAddr::from(wanted)).map_err(|e| {
         StartupError::new(format!(
             "cannot bind {wanted}: {e}: stop whatever listens there or pick another \
-             --http-port (0 picks a free one)"
+             --http-port (0 picks a free one){}",
+            if http.reuse_port {
+                "; http.reuse_port shares a port only with listeners that set SO_REUSEPORT \
+                 under the same user, as friday does"
+            } else {
+                ""
+            }
         ))
     })?;
     let port = probe
@@ -84,6 +97,24 @@ mod tests {
         for s in &sockets {
             assert_eq!(s.local_addr().unwrap().as_socket().unwrap(), addr);
         }
+    }
+
+    #[test]
+    fn reuse_port_joins_a_friday_but_not_a_plain_listener() {
+        let mut sharing = config(0);
+        sharing.reuse_port = true;
+        let (_old, addr) = bind_listeners(&sharing, 2).unwrap();
+        sharing.port = addr.port();
+        let (new, again) = bind_listeners(&sharing, 2).unwrap();
+        assert_eq!((new.len(), again), (2, addr));
+        // Without the flag, the shared port is taken like any other.
+        assert!(bind_listeners(&config(addr.port()), 1).is_err());
+
+        // A listener without SO_REUSEPORT (another server) keeps its port.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sharing.port = plain.local_addr().unwrap().port();
+        let e = bind_listeners(&sharing, 1).unwrap_err();
+        assert!(e.0.contains("shares a port only with"), "{e}");
     }
 
     #[test]

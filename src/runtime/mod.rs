@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::channel;
-use tracing::info;
+use sd_notify::NotifyState;
+use tracing::{info, warn};
 
 use crate::config::{Config, ModelControlMode};
 use crate::error::StartupError;
@@ -139,6 +140,13 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
         engine = %engine.kind,
         "friday listening"
     );
+    // Under systemd (Type=notify) this is when `systemctl start` returns: every model loaded
+    // and warm, every shard accepting. A blue-green switch waits for it before the old side
+    // drains. Without NOTIFY_SOCKET it does nothing.
+    let status = format!("listening on {address}");
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        warn!(error = %e, "cannot tell the service manager friday is ready (NOTIFY_SOCKET)");
+    }
     for t in threads {
         let _ = t.join();
     }

@@ -44,6 +44,8 @@ pub(crate) fn spawn(control: ControlPlane, drain_timeout: Duration) -> Result<()
                     ("SIGTERM", drain_timeout)
                 };
                 info!(signal = name, timeout_ms = timeout.as_millis() as u64, "drain requested");
+                // Tell systemd (Type=notify) the stop has begun; nothing without NOTIFY_SOCKET.
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 control.drain(Instant::now() + timeout);
             }
         })
