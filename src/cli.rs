@@ -70,6 +70,13 @@ pub struct ServeArgs {
     /// In poll mode, seconds between two scans of the repository [default: 15]
     #[arg(long, value_name = "SECS")]
     pub repository_poll_secs: Option<u64>,
+    /// Bytes the response cache may hold across the server, split among the shards; models opt
+    /// in with response_cache [default: 0, no cache]
+    #[arg(long, value_name = "BYTES", conflicts_with = "cache_config")]
+    pub cache_size: Option<u64>,
+    /// Triton's spelling of --cache-size: local,size=BYTES
+    #[arg(long, value_name = "SPEC")]
+    pub cache_config: Option<String>,
     /// Stop the start if a model fails to load, as Triton's --exit-on-error [default: off]
     #[arg(long)]
     pub exit_on_error: bool,
@@ -125,6 +132,12 @@ impl ServeArgs {
         }
         if let Some(s) = self.repository_poll_secs {
             config.model_control.poll_secs = s;
+        }
+        if let Some(n) = self.cache_size {
+            config.cache.size_bytes = n;
+        }
+        if let Some(spec) = &self.cache_config {
+            config.cache.size_bytes = parse_cache_config(spec)?;
         }
         if self.exit_on_error {
             config.model_control.exit_on_error = true;
@@ -253,6 +266,19 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// Triton's `--cache-config local,size=N`: the local cache's size in bytes.
+fn parse_cache_config(spec: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "--cache-config {spec}: friday has Triton's local cache only; write \
+             local,size=BYTES (or --cache-size BYTES)"
+        )
+    };
+    let rest = spec.strip_prefix("local,").ok_or_else(bad)?;
+    let size = rest.strip_prefix("size=").ok_or_else(bad)?;
+    size.parse().map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +329,31 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(args.config().unwrap().http.port, 1234);
+    }
+
+    #[test]
+    fn the_cache_size_comes_from_either_spelling() {
+        let size = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["friday", "serve"], args].concat()).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.config().map(|c| c.cache.size_bytes)
+        };
+        assert_eq!(size(&[]), Ok(0));
+        assert_eq!(size(&["--cache-size", "1048576"]), Ok(1 << 20));
+        assert_eq!(size(&["--cache-config", "local,size=4096"]), Ok(4096));
+        let e = size(&["--cache-config", "redis,host=x"]).unwrap_err();
+        assert!(e.contains("local,size=BYTES"), "{e}");
+        assert!(Cli::try_parse_from([
+            "friday",
+            "serve",
+            "--cache-size",
+            "1",
+            "--cache-config",
+            "local,size=2"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub struct Config {
     pub generate: GenerateConfig,
     /// The ONNX Runtime backend.
     pub onnxruntime: OnnxRuntimeConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
     /// Per-model serving settings (`[models.<name>]`), with Triton's names.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelSettings>,
@@ -183,6 +185,10 @@ pub struct ModelSettings {
     /// rten).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<OnnxBackend>,
+    /// Answer repeated requests from the response cache (Triton's `response_cache { enable:
+    /// true }`); needs `cache.size_bytes` above 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_cache: Option<bool>,
     /// `synthetic` only: microseconds of CPU each batch costs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_batch_us: Option<u64>,
@@ -208,6 +214,9 @@ impl ModelSettings {
         }
         if over.backend.is_some() {
             self.backend = over.backend;
+        }
+        if over.response_cache.is_some() {
+            self.response_cache = over.response_cache;
         }
         if over.cost_per_batch_us.is_some() {
             self.cost_per_batch_us = over.cost_per_batch_us;
@@ -456,6 +465,22 @@ impl fmt::Display for ModelControlMode {
             ModelControlMode::Poll => "poll",
             ModelControlMode::Explicit => "explicit",
         })
+    }
+}
+
+/// `[cache]`: the response cache (Triton's `--cache-config local,size=N`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes the cache may hold across the server, split evenly among the shards; 0 (the
+    /// default) caches nothing, whatever the models ask for.
+    pub size_bytes: u64,
+}
+
+impl CacheConfig {
+    /// Each shard's share of `size_bytes` among `shards` shards.
+    pub fn per_shard(&self, shards: usize) -> u64 {
+        self.size_bytes / shards.max(1) as u64
     }
 }
 
@@ -807,6 +832,12 @@ pub(crate) fn validate_model(
         return Err(invalid(
             "models.*.cost_per_batch_us",
             format!("`{name}`: cost_per_batch_us and cost_per_item_us apply only to synthetic"),
+        ));
+    }
+    if name == "tinylm" && m.response_cache == Some(true) {
+        return Err(invalid(
+            "models.*.response_cache",
+            "`tinylm` streams what it generates: a generative model's answers are never cached",
         ));
     }
     let max_batch = m.max_batch_size.unwrap_or(1);

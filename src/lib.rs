@@ -17,6 +17,7 @@
 //! | [`batch`] | sans-I/O dynamic batching: the policy state machine, joining and splitting batches |
 //! | [`generate`] | generation without I/O: the continuous batcher (decoder) that runs generative models a token per step, sequences (stop strings, released text), sampling |
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
+//! | [`cache`] | the per-shard response cache: exact keys, a byte bound with LRU eviction, answers stored as sent |
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
 //! | [`bench`] | `friday bench`: the open-loop load generator (mio client threads, reports, plots) |
@@ -30,8 +31,8 @@
 //! completed), or epoll where io_uring is unavailable. It owns its `SO_REUSEPORT` listener (the
 //! kernel spreads new connections across shards), every connection it accepted (each a state
 //! machine over the sans-I/O decoders), the buffers those connections read into and write from,
-//! one batcher per model (the batching policy and its queue), its statistics and metrics and its
-//! drain state. There are no futures and no wakers on the request path, and no timer object per
+//! one batcher per model (the batching policy and its queue), its response cache, its statistics
+//! and metrics and its drain state. There are no futures and no wakers on the request path, and no timer object per
 //! request: deadlines live in the batching policy and in one sweep over the connections. Per-shard
 //! state is built on the shard's thread and never leaves it. A request is parsed, decoded,
 //! queued, batched, run and answered on the shard that accepted its connection; requests never
@@ -86,6 +87,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod doctor;

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use crate::cache::CacheCounts;
 use crate::model::ModelRegistry;
 
 /// Significant digits kept by the histograms (1 % resolution).
@@ -299,6 +300,8 @@ pub struct ShardMetricsSnapshot {
     pub buffers_reused: u64,
     /// Sends that went zero-copy.
     pub zerocopy_sends: u64,
+    /// The response cache's counts, per model slot.
+    pub cache: Vec<CacheCounts>,
 }
 
 /// A per-shard series: name, Prometheus type, help, and how to read it from a snapshot.
@@ -440,6 +443,56 @@ pub fn render(registry: &ModelRegistry, shards: &[ShardMetricsSnapshot]) -> Stri
                 .map(move |(i, &d)| (format!("{},shard=\"{}\"", labels(i), s.shard), d))
         }),
     );
+    // The response cache, per model that uses it, summed over the shards.
+    let cached = |pick: fn(&CacheCounts) -> u64| {
+        let labels = &labels;
+        registry
+            .entries()
+            .iter()
+            .filter(|e| e.serving.response_cache)
+            .map(move |e| {
+                let total = shards
+                    .iter()
+                    .filter_map(|s| s.cache.get(e.index))
+                    .map(pick)
+                    .sum::<u64>();
+                (labels(e.index), total)
+            })
+    };
+    for (name, kind, help, pick) in [
+        (
+            "friday_cache_hits_total",
+            "counter",
+            "Requests answered from the response cache (models with response_cache).",
+            (|c: &CacheCounts| c.hits) as fn(&CacheCounts) -> u64,
+        ),
+        (
+            "friday_cache_misses_total",
+            "counter",
+            "Cacheable requests the response cache did not hold; their answers are stored.",
+            |c| c.misses,
+        ),
+        (
+            "friday_cache_evictions_total",
+            "counter",
+            "Response cache entries dropped to stay within cache.size_bytes.",
+            |c| c.evictions,
+        ),
+        (
+            "friday_cache_bytes",
+            "gauge",
+            "Bytes the response cache holds for the model version, over every shard.",
+            |c| c.bytes,
+        ),
+        (
+            "friday_cache_entries",
+            "gauge",
+            "Answers the response cache holds for the model version, over every shard.",
+            |c| c.entries,
+        ),
+    ] {
+        gauge(&mut out, name, kind, help, &mut cached(pick));
+    }
     gauge(
         &mut out,
         "friday_generate_tokens_total",

@@ -2,18 +2,19 @@
 //!
 //! [`ServiceState`] is what every shard shares read-only (the registry and the documents rendered
 //! from it once at startup). [`ShardService`] is one shard's view: the shared state plus its own
-//! statistics, metrics, drain flag and cached `Date` header. The handler knows nothing of sockets
+//! statistics, metrics, response cache, drain flag and cached `Date` header. The handler knows nothing of sockets
 //! or I/O engines. What it cannot do alone it hands back to the runtime as an [`Action`]: an infer
 //! request goes to the model's batcher ([`Action::Infer`], answered later by
 //! [`ShardService::finish_infer`]), and statistics and metrics need every shard's numbers
 //! ([`Action::Gather`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use smallvec::SmallVec;
 
+use crate::cache::{CacheCounts, Lookup, PendingKey, ResponseCache};
 use crate::config::ModelControlMode;
 use crate::error::{ApiError, ErrorKind};
 use crate::generate::GenerateParams;
@@ -202,6 +203,8 @@ pub struct InferJob<'r> {
     pub decoded: Instant,
     /// Its queue level (0-based; 0 is served first).
     pub level: usize,
+    /// Its response cache key, if it missed and its answer is to be stored.
+    pub cache_key: PendingKey,
 }
 
 impl InferJob<'_> {
@@ -213,6 +216,7 @@ impl InferJob<'_> {
             received: self.received,
             decoded: self.decoded,
             level: self.level,
+            cache_key: self.cache_key,
         }
     }
 }
@@ -268,13 +272,14 @@ pub struct ShardService {
     slots: Vec<Option<Arc<ModelEntry>>>,
     stats: ShardStats,
     metrics: ShardMetrics,
+    cache: RefCell<ResponseCache>,
     draining: Cell<bool>,
     date: Cell<HttpDate>,
 }
 
 impl ShardService {
-    /// A handler for one shard.
-    pub fn new(state: Arc<ServiceState>) -> Self {
+    /// A handler for one shard, with a response cache of `cache_bytes`.
+    pub fn new(state: Arc<ServiceState>, cache_bytes: u64) -> Self {
         let mut slots = Vec::new();
         for e in state.registry.entries() {
             put_slot(&mut slots, e);
@@ -282,6 +287,7 @@ impl ShardService {
         ShardService {
             stats: ShardStats::new(&state.registry),
             metrics: ShardMetrics::new(&state.registry),
+            cache: RefCell::new(ResponseCache::new(cache_bytes)),
             slots,
             state,
             draining: Cell::new(false),
@@ -311,7 +317,12 @@ impl ShardService {
             .enumerate()
             .filter(|(i, s)| s.is_some() && state.registry.slot(*i).is_none())
             .map(|(i, _)| i)
-            .collect();
+            .collect::<Vec<_>>();
+        // A gone version's answers are never found again (lookups use the slot being served):
+        // free their bytes now rather than when its last request is answered.
+        for &slot in &gone {
+            self.cache.get_mut().invalidate(slot);
+        }
         self.state = state;
         gone
     }
@@ -323,6 +334,7 @@ impl ShardService {
         }
         self.stats.remove(slot);
         self.metrics.remove(slot);
+        self.cache.get_mut().remove(slot);
     }
 
     /// The model version in `slot`, while this shard holds it.
@@ -358,6 +370,12 @@ impl ShardService {
     /// This shard's metrics.
     pub fn metrics(&self) -> &ShardMetrics {
         &self.metrics
+    }
+
+    /// This shard's response cache counts, by slot.
+    pub fn cache_counts(&self) -> Vec<CacheCounts> {
+        let cache = self.cache.borrow();
+        (0..self.slots.len()).map(|i| cache.counts(i)).collect()
     }
 
     /// This shard's statistics, to merge with other shards'.
@@ -535,9 +553,10 @@ impl ShardService {
                             request,
                             received: req.received,
                             decoded: Instant::now(),
+                            cache_key: PendingKey::default(),
                         });
                         return match decoded {
-                            Ok(job) => Ok(Action::Infer(job)),
+                            Ok(job) => Ok(self.answer_from_cache(entry, job, resp)),
                             Err(e) => {
                                 self.record_failure(entry.index, req.received, &e);
                                 Err(e)
@@ -549,6 +568,76 @@ impl ShardService {
             Route::NotFound => unreachable!("answered 404 above"),
         }
         Ok(Action::Done)
+    }
+
+    /// Answers `job` from the response cache when it holds the answer; otherwise hands it on to
+    /// its batcher, carrying its key if its answer is to be stored. Requests with a `priority` or
+    /// `timeout` are scheduled, so they always run.
+    fn answer_from_cache<'r>(
+        &self,
+        entry: &ModelEntry,
+        job: InferJob<'r>,
+        resp: &mut Responder<'_>,
+    ) -> Action<'r> {
+        let request = &job.request;
+        if !entry.serving.response_cache
+            || request.priority.is_some()
+            || request.timeout_us.is_some()
+        {
+            return Action::Infer(job);
+        }
+        let start = Instant::now();
+        let mut cache = self.cache.borrow_mut();
+        match cache.lookup(entry.index, request) {
+            Lookup::Uncacheable => Action::Infer(job),
+            Lookup::Hit(e) => {
+                resp.send_spliced(
+                    200,
+                    e.before_id(),
+                    request.id.as_deref(),
+                    e.after_id(),
+                    e.binary(),
+                );
+                let done = Instant::now();
+                self.stats
+                    .record_cache_hit(entry.index, job.received, start, done);
+                if let Some(m) = self.metrics.model(entry.index) {
+                    m.request_nanos((done - job.received).as_nanos() as u64);
+                    m.outcome(Outcome::Success);
+                }
+                Action::Done
+            }
+            Lookup::Miss(key) => {
+                self.stats.record_cache_miss(entry.index, start.elapsed());
+                job.cache_key.set(key);
+                Action::Infer(job)
+            }
+        }
+    }
+
+    /// Stores the answer `json` + `tails` to `job` if it carries a cache key and its model
+    /// version still serves.
+    fn store(&self, entry: &ModelEntry, job: &InferJob<'_>, json: &[u8], tails: &[&[u8]]) {
+        let Some(key) = job.cache_key.take() else {
+            return;
+        };
+        let start = Instant::now();
+        let mut cache = self.cache.borrow_mut();
+        if self.state.registry.slot(job.model).is_none() {
+            cache.give_back(key);
+            return;
+        }
+        let id = job.request.id.as_deref();
+        cache.insert(
+            job.model,
+            key,
+            entry.name(),
+            &entry.version,
+            id,
+            json,
+            tails,
+        );
+        self.stats.record_cache_store(job.model, start.elapsed());
     }
 
     /// Answers an infer request: encodes its outputs if its batch ran, or its error.
@@ -567,6 +656,9 @@ impl ShardService {
         let ran = match ran {
             Ok(ran) => ran,
             Err(e) => {
+                if let Some(key) = job.cache_key.take() {
+                    self.cache.borrow_mut().give_back(key);
+                }
                 self.record_failure(job.model, job.received, &e);
                 resp.error(&e);
                 return;
@@ -590,6 +682,7 @@ impl ShardService {
             }
         };
         if encoded.left_out.is_empty() {
+            self.store(entry, job, resp.scratch_bytes(), &encoded.tails);
             resp.send_scratch(200, &encoded.tails);
         } else {
             // Large JSON data: written a slice at a time by the connection, where it can.

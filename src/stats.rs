@@ -58,6 +58,8 @@ struct ModelCells {
     compute_input: DurationCell,
     compute_infer: DurationCell,
     compute_output: DurationCell,
+    cache_hit: DurationCell,
+    cache_miss: DurationCell,
     inference_count: Cell<u64>,
     execution_count: Cell<u64>,
     last_inference_ms: Cell<u64>,
@@ -151,6 +153,44 @@ impl ShardStats {
             .set(self.epoch_unix_ms + (t.infer_end - self.epoch).as_millis() as u64);
     }
 
+    /// Records a request to model `index` answered from the response cache: read at
+    /// `received`, looked up from `lookup` to answered at `done`. As in Triton, it counts in
+    /// `success` and `queue` (with no wait) and in `cache_hit` (lookup and copy), not in the
+    /// compute phases, `inference_count` or `execution_count`.
+    pub fn record_cache_hit(
+        &self,
+        index: usize,
+        received: Instant,
+        lookup: Instant,
+        done: Instant,
+    ) {
+        let Some(m) = self.cells(index) else {
+            return;
+        };
+        m.success.add(done - received);
+        m.queue.add(Duration::ZERO);
+        m.cache_hit.add(done - lookup);
+        m.last_inference_ms
+            .set(self.epoch_unix_ms + (done - self.epoch).as_millis() as u64);
+    }
+
+    /// Records a response cache miss of a request to model `index` whose lookup took `lookup`.
+    pub fn record_cache_miss(&self, index: usize, lookup: Duration) {
+        if let Some(m) = self.cells(index) {
+            m.cache_miss.add(lookup);
+        }
+    }
+
+    /// Adds the time storing a missed request's answer took to `cache_miss` (Triton's
+    /// `cache_miss` is lookup and insert), without counting another miss.
+    pub fn record_cache_store(&self, index: usize, store: Duration) {
+        if let Some(m) = self.cells(index) {
+            m.cache_miss
+                .ns
+                .set(m.cache_miss.ns.get() + store.as_nanos() as u64);
+        }
+    }
+
     /// Records one execution of model `index` on a batch of `items`: joining its inputs took
     /// `input`, the model `infer`.
     pub fn record_execution(&self, index: usize, items: usize, input: Duration, infer: Duration) {
@@ -193,6 +233,8 @@ impl ShardStats {
                         compute_input: m.compute_input.get(),
                         compute_infer: m.compute_infer.get(),
                         compute_output: m.compute_output.get(),
+                        cache_hit: m.cache_hit.get(),
+                        cache_miss: m.cache_miss.get(),
                         batches: m
                             .batches
                             .iter()
@@ -262,6 +304,10 @@ pub struct ModelSnapshot {
     pub compute_infer: DurationStat,
     /// Encoding.
     pub compute_output: DurationStat,
+    /// Answers from the response cache: lookup and copy.
+    pub cache_hit: DurationStat,
+    /// Response cache misses: lookup and storing the answer.
+    pub cache_miss: DurationStat,
     /// Per batch size, only sizes that ran.
     pub batches: Vec<BatchSnapshot>,
 }
@@ -290,6 +336,8 @@ impl StatsSnapshot {
             m.compute_input.merge(o.compute_input);
             m.compute_infer.merge(o.compute_infer);
             m.compute_output.merge(o.compute_output);
+            m.cache_hit.merge(o.cache_hit);
+            m.cache_miss.merge(o.cache_miss);
             for ob in &o.batches {
                 match m.batches.iter_mut().find(|b| b.batch_size == ob.batch_size) {
                     Some(b) => {
@@ -360,8 +408,8 @@ pub fn render_stats(
                     compute_input: m.compute_input,
                     compute_infer: m.compute_infer,
                     compute_output: m.compute_output,
-                    cache_hit: DurationStat::default(),
-                    cache_miss: DurationStat::default(),
+                    cache_hit: m.cache_hit,
+                    cache_miss: m.cache_miss,
                 },
                 response_stats: Empty {},
                 batch_stats: &m.batches,

@@ -51,6 +51,8 @@ fn the_dashboard_shows_what_an_operator_needs() {
         "sum by (model, shard)",
         "friday_connections_accepted_total",
         "friday_generate_tokens_total",
+        "friday_cache_hits_total",
+        "friday_cache_bytes",
     ] {
         assert!(all.contains(needed), "no panel shows {needed}");
     }
@@ -183,8 +185,13 @@ fn a_real_prometheus_scrapes_friday_and_reads_the_series_back() {
         println!("SKIPPED: prometheus or curl is not installed (Debian: apt-get install prometheus curl)");
         return;
     }
+    // identity answers repeats from the response cache, so its hit rate is a series too.
+    let config = config_file(
+        "monitoring-cache",
+        "[models.identity]\nresponse_cache = true\n[cache]\nsize_bytes = 1048576\n",
+    );
     for shards in [1, 2] {
-        let s = Server::start(shards);
+        let s = Server::start_with(shards, &["--config", config.to_str().unwrap()]);
         let prom = Prometheus::start(&format!("{shards}"), s.addr);
         // Friday is up for Prometheus.
         prom.value_once("up{job=\"friday\"}", |v| v == 1.0);
@@ -213,6 +220,11 @@ fn a_real_prometheus_scrapes_friday_and_reads_the_series_back() {
             reuse > 1.0,
             "{reuse} requests per connection on keep-alive clients"
         );
+        // Every request after each connection's first is a hit (the same body).
+        let hit_rate = prom.value_once("friday:cache_hit_ratio:rate5m{model=\"identity\"}", |v| {
+            v > 0.9
+        });
+        assert!(hit_rate <= 1.0, "{hit_rate}");
         // Every panel of the dashboard is a query Prometheus accepts.
         for query in dashboard_queries() {
             let r = prom.api("query", Some(&query));

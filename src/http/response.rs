@@ -221,6 +221,49 @@ impl<'b> Responder<'b> {
         );
     }
 
+    /// What the scratch buffer holds now (a body built in it, before it is sent).
+    pub fn scratch_bytes(&self) -> &[u8] {
+        self.scratch
+    }
+
+    /// Sends a stored infer response: its JSON header in two parts with the request's `id` (if
+    /// any) between them, then its binary tails (`Inference-Header-Content-Length` says where the
+    /// JSON ends). Everything is copied into the output buffer.
+    pub fn send_spliced(
+        &mut self,
+        status: u16,
+        before_id: &[u8],
+        id: Option<&str>,
+        after_id: &[u8],
+        binary: &[u8],
+    ) {
+        self.scratch.clear();
+        if let Some(id) = id.filter(|id| !id.is_empty()) {
+            self.scratch.extend_from_slice(b",\"id\":");
+            serde_json::to_writer(&mut *self.scratch, id)
+                .expect("serializing a string to a Vec cannot fail");
+        }
+        let json_len = before_id.len() + self.scratch.len() + after_id.len();
+        if binary.is_empty() {
+            self.head(status, JSON, json_len, None);
+        } else {
+            self.head(
+                status,
+                OCTET_STREAM,
+                json_len + binary.len(),
+                Some(json_len),
+            );
+        }
+        if self.mode.head_only {
+            return;
+        }
+        self.out.reserve(json_len + binary.len());
+        self.out.extend_from_slice(before_id);
+        self.out.extend_from_slice(self.scratch);
+        self.out.extend_from_slice(after_id);
+        self.out.extend_from_slice(binary);
+    }
+
     /// Sends the scratch buffer as the body. Without `tails` it is a JSON body; with them, the
     /// scratch holds the JSON header of a binary tensor body, `tails` (binary tensor data) follow
     /// it, and `Inference-Header-Content-Length` says where the JSON ends.

@@ -335,6 +335,15 @@ impl ModelManager {
         let before = repository::scan_model(&root, name).ok().map(|f| stamp(&f));
         match self.load_versions(&root, name, config) {
             Ok(versions) => {
+                if versions.iter().any(|v| v.entry.serving.response_cache)
+                    && self.config.cache.size_bytes == 0
+                {
+                    tracing::warn!(
+                        model = %name,
+                        "response_cache is on but the server has no cache: set --cache-size \
+                         (cache.size_bytes)"
+                    );
+                }
                 self.models.insert(name.to_string(), State::Ready(versions));
                 self.failures.remove(name);
                 Ok(())

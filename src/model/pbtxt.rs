@@ -526,6 +526,10 @@ fn interpret(doc: &mut Map<String, Value>, folder_name: &str) -> Result<ModelCon
     if let Some(Value::Object(b)) = take(doc, "dynamic_batching") {
         c.settings.dynamic_batching = Some(dynamic_batching(b, &mut c.ignored)?);
     }
+    if let Some(Value::Object(mut r)) = take(doc, "response_cache") {
+        c.settings.response_cache = Some(take(&mut r, "enable") == Some(Value::Bool(true)));
+        leftovers("response_cache", Value::Object(r), &mut c.ignored);
+    }
     if let Some(w) = take(doc, "model_warmup") {
         c.warmup = warmup(w, &mut c.ignored)?;
     }
@@ -610,6 +614,7 @@ parameters { key: "placement" value: { string_value: "inline" } }
 parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 optimization { execution_accelerators { cpu_execution_accelerator : [ { name : "openvino" } ] } }
 default_model_filename: "m.onnx"
+response_cache { enable: true }
 "#;
 
     #[test]
@@ -644,6 +649,15 @@ default_model_filename: "m.onnx"
         assert_eq!(c.warmup[0].count, 3);
         assert_eq!(c.warmup[0].inputs[0].data, WarmupData::Zero);
         assert_eq!(c.default_model_filename.as_deref(), Some("m.onnx"));
+        assert_eq!(c.settings.response_cache, Some(true));
+        assert_eq!(
+            parse("response_cache { }\n", "m")
+                .unwrap()
+                .settings
+                .response_cache,
+            Some(false)
+        );
+        assert_eq!(parse("", "m").unwrap().settings.response_cache, None);
         for field in [
             "dynamic_batching.preserve_ordering",
             "instance_group",

@@ -34,6 +34,9 @@ pub struct Serving {
     pub dynamic_batching: DynamicBatching,
     /// Which versions serve (rendered in the model configuration).
     pub version_policy: VersionPolicy,
+    /// Repeated requests are answered from the shard's response cache (never for a generative
+    /// model).
+    pub response_cache: bool,
 }
 
 impl Serving {
@@ -63,6 +66,8 @@ impl Serving {
             default_level: b.default_priority_level.saturating_sub(1) as usize,
             dynamic_batching: b,
             version_policy: settings.version_policy.clone().unwrap_or_default(),
+            response_cache: settings.response_cache.unwrap_or(false)
+                && model.generative().is_none(),
         }
     }
 

@@ -159,6 +159,7 @@ pub fn model_config(
         "version_policy": serving.version_policy,
         "max_batch_size": meta.max_batch_size,
         "dynamic_batching": dynamic_batching,
+        "response_cache": { "enable": serving.response_cache },
         "input": input,
         "output": output,
         "batch_input": [],

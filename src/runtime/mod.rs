@@ -101,6 +101,7 @@ pub fn serve(config: &Config) -> Result<(), StartupError> {
             api_key_header,
             busy_poll_us: config.shards.busy_poll_us,
             buffer_budget,
+            cache_bytes: config.cache.per_shard(cpus.len()),
             started: started_tx.clone(),
         };
         let thread = std::thread::Builder::new()

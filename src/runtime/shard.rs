@@ -96,6 +96,8 @@ pub(crate) struct ShardSetup {
     pub busy_poll_us: u64,
     /// Most bytes its connections may hold in buffers (`http.max_buffered_bytes_per_shard`).
     pub buffer_budget: u64,
+    /// Its share of the response cache, in bytes.
+    pub cache_bytes: u64,
     /// Every shard's mesh mailbox, by shard id.
     pub peers: Vec<Mailbox>,
     /// Where repository calls go to the model manager.
@@ -168,6 +170,7 @@ impl Core {
                     .iter()
                     .map(|d| d.as_ref().map_or(0, |d| d.active() as u64))
                     .collect();
+                m.cache = self.service.cache_counts();
                 m.connections_open = self.open as u64;
                 m.zerocopy_sends = self.zerocopy_sends;
                 m.connections_accepted = self.accepted;
@@ -335,6 +338,7 @@ impl Shard {
             api_key_header,
             busy_poll_us,
             buffer_budget,
+            cache_bytes,
             started: _,
         } = setup;
         let listener: OwnedFd = listener.into();
@@ -374,7 +378,7 @@ impl Shard {
             conns: Slab::with_capacity(http.max_connections_per_shard.min(1024)),
             core: Core {
                 id,
-                service: ShardService::new(state),
+                service: ShardService::new(state, cache_bytes),
                 batchers,
                 decoders,
                 generate,
