@@ -6,10 +6,11 @@
 #      Closed loop at concurrency 8: throughput, p50/p99 and the hit rate from the statistics
 #      extension, with the cache off and on.
 #   2. What a miss costs against no cache at all, on `identity` (a model that costs nothing, so
-#      the cache's own work shows): 16 distinct 4 KiB inputs sent in turn to a cache that holds 9
-#      of them, so least-recently-used eviction makes every lookup miss, store and evict; and
-#      with a cache that holds them all (every lookup hits). Concurrency 1 and 8, and the
-#      server's own time per lookup from `cache_miss` / `cache_hit` in the statistics.
+#      the cache's own work shows): 50,000 distinct 256-byte inputs sent in turn, to a cache of
+#      1 MiB (about 1,300 answers: an input comes back long after it was evicted, so every lookup
+#      misses, stores and evicts) and to one of 64 MiB that holds them all (every lookup after
+#      the warm-up hits). Concurrency 1 and 8, and the server's own time per lookup from
+#      `cache_miss` / `cache_hit` in the statistics.
 #
 #   tuning/bench-cache.sh                 # DURATION=10s ROUNDS=3 SEQ=16
 set -euo pipefail
@@ -21,6 +22,7 @@ SEQ=${SEQ:-16}
 BIN=${BIN:-target/release/friday}
 PORT=18094
 URL=http://127.0.0.1:$PORT
+# shellcheck source=tuning/minilm-common.sh
 source tuning/minilm-common.sh
 
 python3 - "$SEQ" > "$tmp/input.json" <<'PYEOF'
@@ -82,16 +84,21 @@ for r in $(seq "$ROUNDS"); do
   python3 -c "print(f'  round $r: hit rate {100 * $hits / ($hits + $misses):.1f} % ($hits hits, $misses misses); server time per hit {$hit_ns / 1e3:.1f} us, per miss {$miss_ns / 1e3:.1f} us')"
 done
 
-echo "2. identity, 16 distinct 4 KiB inputs in turn; medians of $ROUNDS"
+echo "2. identity, 50,000 distinct 256-byte inputs in turn; medians of $ROUNDS"
+python3 - > "$tmp/identity.json" <<'PYEOF'
+import json, random
+rng = random.Random(5)
+json.dump({"data": [{"INPUT0": [rng.randrange(1 << 20) for _ in range(64)]} for _ in range(50000)]}, __import__("sys").stdout)
+PYEOF
 printf '[models.identity]\nresponse_cache = false\n' > "$tmp/id-off.toml"
-# 80,000 bytes hold 9 entries of ~8.6 KB: cycling through 16 inputs, every lookup misses.
-printf '[models.identity]\nresponse_cache = true\n[cache]\nsize_bytes = 80000\n' > "$tmp/id-miss.toml"
-printf '[models.identity]\nresponse_cache = true\n[cache]\nsize_bytes = 16777216\n' > "$tmp/id-hit.toml"
+printf '[models.identity]\nresponse_cache = true\n[cache]\nsize_bytes = 1048576\n' > "$tmp/id-miss.toml"
+printf '[models.identity]\nresponse_cache = true\n[cache]\nsize_bytes = 67108864\n' > "$tmp/id-hit.toml"
 for c in 1 8; do
   for r in $(seq "$ROUNDS"); do
     for mode in off miss hit; do
       start 0 "$tmp/id-$mode.toml"
-      bench "$tmp/id-$c-$mode-$r.json" --model identity --concurrency "$c" --shape INPUT0:1024
+      bench "$tmp/id-$c-$mode-$r.json" --model identity --concurrency "$c" --shape INPUT0:64 \
+        --input-data "$tmp/identity.json"
       [ "$mode" != off ] && stat identity > "$tmp/id-stat-$c-$mode-$r"
       stop
     done
