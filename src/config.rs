@@ -502,8 +502,8 @@ pub struct ModelControlConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restricted_api: Option<String>,
     /// A model that fails to load at start stops the start (exit 1, before the port is bound),
-    /// as Triton's `--exit-on-error`. Off by default: the server starts and the repository
-    /// index gives the failure's reason. Turn it on where a half-working server would take
+    /// as Triton's `--exit-on-error`. Off by default (Triton's is on): the server starts and the
+    /// repository index gives the failure's reason. Turn it on where a half-working server would take
     /// traffic from a working one: a blue-green handover on a shared port.
     pub exit_on_error: bool,
 }

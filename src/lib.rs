@@ -17,7 +17,7 @@
 //! | [`batch`] | sans-I/O dynamic batching: the policy state machine, joining and splitting batches |
 //! | [`generate`] | generation without I/O: the continuous batcher (decoder) that runs generative models a token per step, sequences (stop strings, released text), sampling |
 //! | [`stats`] | per-shard statistics (Triton's statistics extension), merged on read |
-//! | [`cache`] | the per-shard response cache: exact keys, a byte bound with LRU eviction, answers stored as sent |
+//! | [`cache`] | the per-shard response cache: exact keys, a byte bound with scan-resistant eviction, answers stored as sent |
 //! | [`metrics`] | per-shard HDR histograms and counters, rendered for Prometheus, merged on scrape |
 //! | [`service`] | the request handler: one decoded HTTP request in, one encoded response out; knows no I/O engine |
 //! | [`bench`] | `friday bench`: the open-loop load generator (mio client threads, reports, plots) |

@@ -35,6 +35,7 @@ alive() {
 }
 case $verb in
     is-active) alive ;;
+    reset-failed) exit 0 ;;
     start)
         alive && exit 0
         log=$FAKE_UNITS/$colour.log
@@ -425,13 +426,32 @@ fn a_bad_green_never_replaces_blue() {
 }
 
 /// kubectl for `deploy/kubernetes/bluegreen.sh`: the Service's slot in a file, every call logged,
-/// a port-forward that forwards nothing (the test's server listens on the local port itself).
+/// and a port-forward that relays the local port to the test's server (`FAKE_TARGET`), standing
+/// in for the idle colour's pods.
 const FAKE_KUBECTL: &str = r#"#!/usr/bin/env bash
 echo "$*" >>"$FAKE_KUBE/calls"
 case $1 in
     get) cat "$FAKE_KUBE/slot" ;;
     rollout) [ ! -f "$FAKE_KUBE/not-ready" ] ;;
-    port-forward) exec sleep 60 ;;
+    port-forward)
+        local_port=${3%%:*}
+        exec python3 -c '
+import socket, sys, threading
+def pipe(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    finally:
+        b.close()
+l = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    c, _ = l.accept()
+    t = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    threading.Thread(target=pipe, args=(c, t), daemon=True).start()
+    threading.Thread(target=pipe, args=(t, c), daemon=True).start()
+' "$local_port" "$FAKE_TARGET" ;;
     patch) sed -E 's/.*"slot":"([a-z]+)".*/\1/' <<<"${*: -1}" >"$FAKE_KUBE/slot" ;;
     *) exit 2 ;;
 esac
@@ -469,7 +489,8 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
     std::fs::write(dir.join("slot"), "blue").unwrap();
     let body = dir.join("body.json");
     std::fs::write(&body, BODY).unwrap();
-    let run = |verb: &str, version: Option<&str>| {
+    let local = free_port();
+    let run_on = |verb: &str, version: Option<&str>, local: u16| {
         let mut cmd = Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/deploy/kubernetes/bluegreen.sh"
@@ -477,7 +498,8 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
         cmd.arg(verb)
             .env("KUBECTL", &kubectl)
             .env("FAKE_KUBE", &dir)
-            .env("LOCAL_PORT", green.addr.port().to_string())
+            .env("LOCAL_PORT", local.to_string())
+            .env("FAKE_TARGET", green.addr.port().to_string())
             .env("SMOKE_MODEL", "linear")
             .env("SMOKE_BODY", &body);
         if let Some(v) = version {
@@ -490,6 +512,7 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
         );
         out
     };
+    let run = |verb: &str, version: Option<&str>| run_on(verb, version, local);
     let slot = || std::fs::read_to_string(dir.join("slot")).unwrap();
     let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
 
@@ -498,10 +521,7 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
     let said = calls();
     let order: Vec<usize> = [
         "rollout status deployment/friday-green",
-        &format!(
-            "port-forward deployment/friday-green {}:http",
-            green.addr.port()
-        ),
+        &format!("port-forward deployment/friday-green {local}:http"),
         "patch service friday --type merge",
     ]
     .iter()
@@ -522,6 +542,11 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
     assert!(!ok(&run("rollback", None)));
     assert_eq!(calls().matches("patch ").count(), patches);
     std::fs::remove_file(dir.join("not-ready")).unwrap();
+    // Nor when something else holds the local port (its answers are not the new colour's).
+    let out = run_on("rollback", None, green.addr.port());
+    assert!(!ok(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listens"));
+    assert_eq!(calls().matches("patch ").count(), patches);
     assert!(ok(&run("rollback", None)));
     assert_eq!(slot().trim(), "blue");
     let _ = std::fs::remove_dir_all(&dir);

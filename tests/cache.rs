@@ -144,6 +144,15 @@ fn a_model_without_response_cache_or_a_server_without_a_cache_never_caches() {
     // identity asks for the cache, but the server has none; simple does not ask.
     let config = config_file("cache-off", CACHED_IDENTITY);
     let s = Server::start_with(1, &["--config", config.to_str().unwrap()]);
+    assert!(
+        s.startup_logs().iter().any(|l| {
+            l["model"] == "identity"
+                && l["message"].as_str().is_some_and(|m| {
+                    m.starts_with("response_cache is on but the server has no cache")
+                })
+        }),
+        "the missing cache is logged"
+    );
     let body = json!({"inputs":[
         {"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},
         {"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]});

@@ -27,7 +27,7 @@ live_colour() {
 
 switch() {
     local from to forward passed i
-    from=$(live_colour)
+    from=$(live_colour) || { say "cannot read service/$SERVICE's selector"; return 1; }
     case $from in
         blue) to=green ;;
         green) to=blue ;;
@@ -38,13 +38,19 @@ switch() {
         say "deployment/$SERVICE-$to is not ready; service/$SERVICE stays on $from"
         return 1
     fi
-    # The new colour takes no traffic yet: ask it through a port-forward to its pods.
+    # The new colour takes no traffic yet: ask it through a port-forward to its pods. Whatever
+    # answers must be that port-forward, not something already on the port.
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$LOCAL_PORT/"; then
+        say "something already listens on 127.0.0.1:$LOCAL_PORT: set LOCAL_PORT to a free port"
+        return 1
+    fi
     "${KUBECTL[@]}" port-forward "deployment/$SERVICE-$to" "$LOCAL_PORT:http" >/dev/null &
     forward=$!
     passed=0
     for ((i = 0; i < 100; i++)); do
+        kill -0 "$forward" 2>/dev/null || break
         if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$LOCAL_PORT/v2/health/live"; then
-            smoke "http://127.0.0.1:$LOCAL_PORT" && passed=1
+            smoke "http://127.0.0.1:$LOCAL_PORT" && kill -0 "$forward" 2>/dev/null && passed=1
             break
         fi
         sleep 0.1

@@ -9,9 +9,11 @@
 #
 # The new colour binds beside the live one and systemd's start returns once it has said READY=1
 # (every model loaded and warm, every shard accepting). From then on the kernel spreads new
-# connections over both, so the smoke requests (each on a new connection) reach both; a new
-# colour that answers wrongly fails about half of them, and the switch stops it and leaves the
-# live colour serving. The live colour then drains: its listeners close (with
+# connections over both colours' listeners (one per shard), so the smoke requests, each on a new
+# connection, reach the new colour in proportion to its shards: half of them with equal shard
+# counts. A new colour that answers wrongly fails those, and the switch stops it and leaves the
+# live colour serving. Set SMOKE_VERSION when the versions differ: at least one answer must then
+# come from the new colour. With few shards on the new side, raise SMOKE_REQUESTS. The live colour then drains: its listeners close (with
 # net.ipv4.tcp_migrate_req=1 the connections queued on them move to the new colour), requests in
 # flight finish, keep-alive connections close after their answer, and clients reconnect to the
 # new colour.
@@ -55,6 +57,7 @@ switch() {
     if ! "$SYSTEMCTL" start "$UNIT@$to.service"; then
         say "$UNIT@$to did not start; $UNIT@$from keeps serving"
         "$SYSTEMCTL" stop "$UNIT@$to.service" || true
+        "$SYSTEMCTL" reset-failed "$UNIT@$to.service" || true
         return 1
     fi
     if ! smoke "$URL"; then

@@ -227,15 +227,17 @@ impl<'b> Responder<'b> {
     }
 
     /// Sends a stored infer response: its JSON header in two parts with the request's `id` (if
-    /// any) between them, then its binary tails (`Inference-Header-Content-Length` says where the
-    /// JSON ends). Everything is copied into the output buffer.
+    /// any) between them, then, for an answer with binary outputs, their bytes
+    /// (`Inference-Header-Content-Length` says where the JSON ends), framed as
+    /// [`Responder::send_scratch`] frames the same answer. Everything is copied into the output
+    /// buffer.
     pub fn send_spliced(
         &mut self,
         status: u16,
         before_id: &[u8],
         id: Option<&str>,
         after_id: &[u8],
-        binary: &[u8],
+        binary: Option<&[u8]>,
     ) {
         self.scratch.clear();
         if let Some(id) = id.filter(|id| !id.is_empty()) {
@@ -244,16 +246,16 @@ impl<'b> Responder<'b> {
                 .expect("serializing a string to a Vec cannot fail");
         }
         let json_len = before_id.len() + self.scratch.len() + after_id.len();
-        if binary.is_empty() {
-            self.head(status, JSON, json_len, None);
-        } else {
-            self.head(
-                status,
-                OCTET_STREAM,
-                json_len + binary.len(),
-                Some(json_len),
-            );
-        }
+        let binary = match binary {
+            None => {
+                self.head(status, JSON, json_len, None);
+                &[][..]
+            }
+            Some(b) => {
+                self.head(status, OCTET_STREAM, json_len + b.len(), Some(json_len));
+                b
+            }
+        };
         if self.mode.head_only {
             return;
         }

@@ -178,6 +178,9 @@ impl ModelManager {
                 Arc::new(ModelEntry::new(i, BUILTIN_VERSION, model, serving))
             })
             .collect();
+        for b in builtins.iter().filter(|b| b.serving.response_cache) {
+            warn_if_no_cache(config, b.name());
+        }
         let root = match &config.model_repository {
             Some(dir) => Some(repository::root(dir).map_err(StartupError::new)?),
             None => None,
@@ -199,15 +202,20 @@ impl ModelManager {
                 config.model_control.load.clone()
             };
             let mut failed = Vec::new();
-            for name in names {
-                if let Err(e) = m.load(&name, None) {
+            for name in &names {
+                if let Err(e) = m.load(name, None) {
                     tracing::error!(model = %name, reason = %e.message, "model not loaded");
                     failed.push(format!("{name}: {}", e.message));
                 }
             }
             for (name, why) in m.scan_failures() {
                 tracing::error!(model = %name, reason = %why, "model not loaded");
-                failed.push(format!("{name}: {why}"));
+                // exit_on_error counts the models this start was asked for, not a folder that
+                // cannot be a model (lost+found) nor, in explicit mode, one nobody asked for.
+                let asked = all || names.contains(&name);
+                if asked && repository::valid_model_name(&name) {
+                    failed.push(format!("{name}: {why}"));
+                }
                 if repository::valid_model_name(&name) {
                     m.models.insert(name, State::Unavailable(why));
                 }
@@ -335,14 +343,8 @@ impl ModelManager {
         let before = repository::scan_model(&root, name).ok().map(|f| stamp(&f));
         match self.load_versions(&root, name, config) {
             Ok(versions) => {
-                if versions.iter().any(|v| v.entry.serving.response_cache)
-                    && self.config.cache.size_bytes == 0
-                {
-                    tracing::warn!(
-                        model = %name,
-                        "response_cache is on but the server has no cache: set --cache-size \
-                         (cache.size_bytes)"
-                    );
+                if versions.iter().any(|v| v.entry.serving.response_cache) {
+                    warn_if_no_cache(&self.config, name);
                 }
                 self.models.insert(name.to_string(), State::Ready(versions));
                 self.failures.remove(name);
@@ -818,4 +820,14 @@ pub fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
+}
+
+/// Says so when `model` asks for the response cache and the server has none.
+fn warn_if_no_cache(config: &Config, model: &str) {
+    if config.cache.size_bytes == 0 {
+        tracing::warn!(
+            model,
+            "response_cache is on but the server has no cache: set --cache-size (cache.size_bytes)"
+        );
+    }
 }
