@@ -2,11 +2,12 @@
 //!
 //! [`ServiceState`] is what every shard shares read-only (the registry and the documents rendered
 //! from it once at startup). [`ShardService`] is one shard's view: the shared state plus its own
-//! statistics, metrics, response cache, drain flag and cached `Date` header. The handler knows nothing of sockets
-//! or I/O engines. What it cannot do alone it hands back to the runtime as an [`Action`]: an infer
-//! request goes to the model's batcher ([`Action::Infer`], answered later by
-//! [`ShardService::finish_infer`]), and statistics and metrics need every shard's numbers
-//! ([`Action::Gather`]).
+//! statistics, metrics, response cache, drain flag and cached `Date` header. The handler knows
+//! nothing of sockets or I/O engines. A repeated request to a model with `response_cache` is
+//! answered from the cache here. What it cannot do alone it hands back to the runtime as an
+//! [`Action`]: an infer request goes to the model's batcher ([`Action::Infer`], answered later by
+//! [`ShardService::finish_infer`], which stores a missed answer), and statistics and metrics need
+//! every shard's numbers ([`Action::Gather`]).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
