@@ -65,17 +65,7 @@ struct Units(PathBuf);
 
 impl Units {
     fn new(tag: &str) -> Units {
-        let dir =
-            std::env::temp_dir().join(format!("friday-bluegreen-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let systemctl = dir.join("systemctl");
-        std::fs::write(&systemctl, FAKE_SYSTEMCTL).unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&systemctl)
-            .status()
-            .unwrap();
+        let (dir, _) = stand_in(&format!("bluegreen-{tag}"), "systemctl", FAKE_SYSTEMCTL);
         Units(dir)
     }
 
@@ -142,6 +132,22 @@ impl Drop for Units {
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A fresh folder `friday-{tag}-PID` holding the executable script `name` with `text`; returns
+/// the folder and the script's path.
+fn stand_in(tag: &str, name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("friday-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join(name);
+    std::fs::write(&script, text).unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    (dir, script)
 }
 
 /// A free port for both colours.
@@ -476,16 +482,7 @@ fn the_kubernetes_switch_patches_the_service_only_after_a_smoke_test_passes() {
         .client()
         .request("POST", "/v2/repository/models/linear/load", &[], b"");
     assert_eq!(r.status, 200);
-    let dir = std::env::temp_dir().join(format!("friday-kube-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubectl = dir.join("kubectl");
-    std::fs::write(&kubectl, FAKE_KUBECTL).unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&kubectl)
-        .status()
-        .unwrap();
+    let (dir, kubectl) = stand_in("kube", "kubectl", FAKE_KUBECTL);
     std::fs::write(dir.join("slot"), "blue").unwrap();
     let body = dir.join("body.json");
     std::fs::write(&body, BODY).unwrap();

@@ -217,7 +217,6 @@ fn the_bytes_held_stay_within_the_cache_size() {
 fn a_new_version_never_answers_from_the_old_versions_entries() {
     let out = make_repository("cache-versions");
     let repo = out.join("repository");
-    let _ = std::fs::remove_dir_all(repo.join("linear/3"));
     let config = config_file(
         "cache-versions",
         "[models.linear]\nresponse_cache = true\n[cache]\nsize_bytes = 1048576\n",
