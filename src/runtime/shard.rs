@@ -530,10 +530,10 @@ impl Shard {
     }
 
     fn accept(&mut self, fd: OwnedFd) {
-        if self.drain_deadline.is_some() {
-            // Accepted just before the listener closed: refuse it like the closed listener would.
-            return;
-        }
+        // A connection accepted just before the listener closed (io_uring's multishot accept
+        // takes connections as they arrive, so completions can follow the drain order) is one
+        // the client already sends on: serve it like the others, whose answers close them.
+        // Dropping it would reset a request, and in a blue-green handover lose it.
         if self.conns.len() >= self.max_connections {
             self.reject(fd);
             return;
